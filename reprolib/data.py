@@ -1,0 +1,254 @@
+"""CIFAR-10 as uint8 tensors, decoded once, with augmentation as batched tensor ops.
+
+Where the images come from (first hit wins):
+  1. ``$REPROLIB_DATA``: the offline archive (``cifar10-jpeg.tar.gz``), an extracted
+     ImageFolder tree (``train/<class>/*.jpg``, ``test/...``), or a folder holding
+     the official ``cifar-10-batches-py``;
+  2. the official dataset already downloaded into the cache folder;
+  3. the offline archive at ``../shared/data/cifar10-jpeg.tar.gz`` beside the repo;
+  4. the official download through ``torchvision.datasets.CIFAR10`` (needs internet).
+The copy that was used is named in ``Cifar10.copy``: "cifar10-official" or
+"cifar10-jpeg" ("synthetic" for the unit-test stand-in). Every results file records it.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision
+from tqdm.auto import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cache_dir() -> Path:
+    """Where decoded tensors and extracted archives live (``$REPROLIB_CACHE``, else data/cache)."""
+    return Path(os.environ.get("REPROLIB_CACHE", REPO / "data" / "cache"))
+
+SHARED_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+ARCHIVE_SHA256 = "c439afa2614aa14f2d067db88187fdd6d8f9c7dd0f7adf582feb118519b95417"
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+MEAN = (0.4914, 0.4822, 0.4465)  # normalisation of the HRank code
+STD = (0.2023, 0.1994, 0.2010)
+
+
+class DataError(RuntimeError):
+    """The dataset is missing, corrupted or in an unknown layout."""
+
+
+@dataclass
+class Cifar10:
+    train_x: torch.Tensor  # uint8 [N, 3, 32, 32]
+    train_y: torch.Tensor  # int64 [N]
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    copy: str  # "cifar10-official" | "cifar10-jpeg" | "synthetic"
+
+    def subset(self, n_train: int | None, n_test: int | None) -> "Cifar10":
+        """The first n images of each split (the official order), for smoke runs."""
+        return Cifar10(self.train_x[:n_train], self.train_y[:n_train],
+                       self.test_x[:n_test], self.test_y[:n_test], self.copy)
+
+    def describe(self) -> dict:
+        return {"dataset": self.copy, "n_train": len(self.train_y), "n_test": len(self.test_y)}
+
+
+# --------------------------------------------------------------------------- sources
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def extract_archive(archive: Path, dest: Path) -> Path:
+    """Verify the archive's SHA-256, then extract it safely (no absolute paths, no links
+    out of ``dest``) into ``dest``; returns the ImageFolder root ``dest/cifar10-jpeg``."""
+    root = dest / "cifar10-jpeg"
+    if (root / "official-order.csv").exists():
+        return root
+    digest = sha256(archive)
+    if digest != ARCHIVE_SHA256:
+        raise DataError(
+            f"{archive} is corrupted or not the study's archive: SHA-256 {digest}, expected "
+            f"{ARCHIVE_SHA256}. Copy it again (see ../shared/data/README.md) or point "
+            "REPROLIB_DATA at a good copy.")
+    tmp = dest / f".extract-{os.getpid()}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            tar.extractall(tmp, filter="data")  # refuses absolute paths, '..' and outside links
+    except (tarfile.TarError, OSError, EOFError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"could not extract {archive}: {e}") from e
+    os.replace(tmp / "cifar10-jpeg", root)
+    tmp.rmdir()
+    return root
+
+
+def _decode_imagefolder(root: Path) -> dict:
+    """Decode an ImageFolder tree once, in the official order when ``official-order.csv``
+    is present (else in ImageFolder order)."""
+    out = {}
+    order = root / "official-order.csv"
+    rows = list(csv.DictReader(open(order))) if order.exists() else None
+    for split in ("train", "test"):
+        if not (root / split).is_dir():
+            raise DataError(f"{root} has no '{split}/' folder: expected an ImageFolder tree "
+                            "train/<class>/*.jpg and test/<class>/*.jpg")
+        folder = torchvision.datasets.ImageFolder(root / split)
+        if tuple(folder.classes) != CLASSES:
+            raise DataError(f"{root / split} has classes {folder.classes}, expected {list(CLASSES)}")
+        if rows is not None:
+            mine = sorted((r for r in rows if r["split"] == split), key=lambda r: int(r["index"]))
+            items = [(root / r["path"], CLASSES.index(r["label"])) for r in mine]
+        else:
+            items = [(Path(p), y) for p, y in folder.samples]
+        x = torch.empty(len(items), 3, 32, 32, dtype=torch.uint8)
+        y = torch.empty(len(items), dtype=torch.int64)
+        for i, (path, label) in enumerate(tqdm(items, desc=f"decode {split}", leave=False)):
+            img = torchvision.io.decode_image(str(path), mode=torchvision.io.ImageReadMode.RGB)
+            if img.shape != (3, 32, 32):
+                raise DataError(f"{path} is {tuple(img.shape)}, expected a 32x32 RGB image")
+            x[i], y[i] = img, label
+        out[split] = (x, y)
+    return out
+
+
+def _decode_official(root: Path) -> dict:
+    out = {}
+    for split, train in (("train", True), ("test", False)):
+        ds = torchvision.datasets.CIFAR10(root, train=train, download=False)
+        out[split] = (torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(),
+                      torch.tensor(ds.targets, dtype=torch.int64))
+    return out
+
+
+def _official_present(folder: Path) -> bool:
+    return (folder / "cifar-10-batches-py" / "data_batch_1").exists()
+
+
+def _resolve(download: bool) -> tuple[str, Path]:
+    """Return (copy, path) of the first source found, or raise a DataError listing where we looked."""
+    looked = []
+    env = os.environ.get("REPROLIB_DATA")
+    if env:
+        p = Path(env).expanduser()
+        looked.append(f"$REPROLIB_DATA={p}")
+        if p.is_file() and p.name.endswith((".tar.gz", ".tgz")):
+            return "cifar10-jpeg", p
+        if p.is_dir() and _official_present(p):
+            return "cifar10-official", p
+        if p.is_dir() and (p / "train").is_dir():
+            return "cifar10-jpeg", p
+        if p.is_dir() and (p / "cifar10-jpeg" / "train").is_dir():
+            return "cifar10-jpeg", p / "cifar10-jpeg"
+        raise DataError(f"REPROLIB_DATA={p} is neither the cifar10-jpeg archive, an ImageFolder "
+                        "tree with train/ and test/, nor a folder holding cifar-10-batches-py.")
+    official = cache_dir() / "cifar10-official"
+    looked.append(str(official / "cifar-10-batches-py"))
+    if _official_present(official):
+        return "cifar10-official", official
+    looked.append(str(SHARED_ARCHIVE))
+    if SHARED_ARCHIVE.exists():
+        return "cifar10-jpeg", SHARED_ARCHIVE
+    if download:
+        try:
+            torchvision.datasets.CIFAR10(official, train=True, download=True)
+            return "cifar10-official", official
+        except Exception as e:  # no internet, proxy, ...
+            looked.append(f"official download ({type(e).__name__}: {e})")
+    raise DataError(
+        "CIFAR-10 not found. Looked in: " + "; ".join(looked) + ". Fix: run `make data` on a "
+        "machine with internet (official download), or set REPROLIB_DATA to the "
+        "cifar10-jpeg.tar.gz archive or its extracted folder.")
+
+
+def load_cifar10(download: bool = True) -> Cifar10:
+    """CIFAR-10 as uint8 tensors; decoded once into ``<cache_dir>/<copy>-<id>.pt`` (written atomically)."""
+    copy, path = _resolve(download)
+    cache = cache_dir() / f"{copy}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}.pt"
+    if cache.exists():
+        d = torch.load(cache, weights_only=True)
+    else:
+        if copy == "cifar10-official":
+            d = _decode_official(path)
+        else:
+            root = extract_archive(path, cache_dir()) if path.is_file() else path
+            d = _decode_imagefolder(root)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        torch.save(d, tmp)
+        os.replace(tmp, cache)
+    return Cifar10(*d["train"], *d["test"], copy=copy)
+
+
+def synthetic_cifar10(n_train: int = 512, n_test: int = 256, seed: int = 0) -> Cifar10:
+    """A learnable stand-in for unit tests: each class is a fixed random colour plus pixel noise
+    (a colour survives random crops and flips, so a small CNN learns it in a few dozen steps)."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.rand(10, 3, 1, 1, generator=g) * 255
+
+    def make(n):
+        y = torch.randint(0, 10, (n,), generator=g)
+        x = protos[y] * 0.6 + torch.rand(n, 3, 32, 32, generator=g) * 255 * 0.4
+        return x.round().clamp(0, 255).to(torch.uint8), y
+
+    return Cifar10(*make(n_train), *make(n_test), copy="synthetic")
+
+
+def load(name: str, **kw) -> Cifar10:
+    """The dataset registry: "cifar10" or "synthetic"."""
+    if name == "cifar10":
+        return load_cifar10(**kw)
+    if name == "synthetic":
+        return synthetic_cifar10(**kw)
+    raise ValueError(f"unknown dataset {name!r}: choose 'cifar10' or 'synthetic'")
+
+
+# --------------------------------------------------------------------------- batches
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [B,3,H,W] -> float, normalised with the HRank mean/std."""
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x.float() / 255 - mean) / std
+
+
+def augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop (zero padding ``pad``) and horizontal flip of a uint8 batch, as tensor ops."""
+    b, _, h, w = x.shape
+    xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=g)
+    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
+    out = xp[torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
+    flip = torch.rand(b, generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], out.flip(3), out)
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, train: bool = False,
+            g: torch.Generator | None = None):
+    """Yield normalised (images, labels) batches; shuffled and augmented when ``train``."""
+    n = len(y)
+    order = torch.randperm(n, generator=g) if train else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i:i + batch_size]
+        xb = x[idx]
+        if train:
+            xb = augment(xb, g)
+        yield normalize(xb), y[idx]
+
+
+if __name__ == "__main__":  # `make data`: find, verify, extract and decode CIFAR-10 once
+    d = load_cifar10()
+    print(f"CIFAR-10 ready: {d.describe()} (decoded cache in {cache_dir()})")

@@ -1,0 +1,42 @@
+"""Presets per experiment: ``smoke`` (seconds, tiny data; CI), ``budget`` (the experiment
+scaled to 2 CPU cores; what the book shows), ``paper`` (the source document's protocol; for a GPU).
+
+A notebook's ``profile`` parameter defaults to ``$REPROLIB_PROFILE``, else ``budget``.
+"""
+from __future__ import annotations
+
+import copy
+import os
+
+PROFILES = ("smoke", "budget", "paper")
+
+# The ResNet-56 baseline every HRank / structural / criteria chapter starts from.
+_BASELINE_COMMON = dict(model="resnet56", dataset="cifar10", batch_size=128, momentum=0.9, nesterov=True,
+                        weight_decay=5e-4, schedule="cosine", milestones=[], warmup_epochs=0.0,
+                        label_smoothing=0.0, bf16=True, channels_last=True, seed=0, n_train=None, n_test=None)
+
+_PRESETS = {
+    "baseline": {
+        # 1 epoch on 1,024 / 512 images of the real data with ResNet-20: exercises the whole path.
+        "smoke": dict(_BASELINE_COMMON, model="resnet20", epochs=1, lr=0.05, n_train=1024, n_test=512),
+        # Cosine schedule, 40 epochs: about 2 hours on 2 cores (bf16 + channels_last).
+        "budget": dict(_BASELINE_COMMON, epochs=40, lr=0.1),
+        # He et al. / HRank baseline protocol: 164 epochs, lr 0.1 divided by 10 at 50% and 75%, wd 1e-4.
+        "paper": dict(_BASELINE_COMMON, epochs=164, lr=0.1, nesterov=False, weight_decay=1e-4, schedule="step",
+                      milestones=[82, 123], bf16=False, channels_last=False),
+    },
+}
+
+
+def default_profile() -> str:
+    return os.environ.get("REPROLIB_PROFILE", "budget")
+
+
+def get(experiment: str, profile: str | None = None) -> dict:
+    """The config dict of ``experiment`` under ``profile`` (a fresh copy, with ``profile`` in it)."""
+    profile = profile or default_profile()
+    if experiment not in _PRESETS:
+        raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(sorted(_PRESETS))}")
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    return dict(copy.deepcopy(_PRESETS[experiment][profile]), profile=profile)
