@@ -34,13 +34,13 @@ nbval: env data
 # The published book from committed budget results only: a result missing from data/results fails here
 # instead of training for hours.
 book-check: env data
-	$(MAKE) notebooks PROFILE=budget REPROLIB_CACHED_ONLY=1
+	REPROLIB_CACHED_ONLY=1 $(MAKE) notebooks PROFILE=budget
 	REPROLIB_CACHED_ONLY=1 $(NB_ENV) .venv/bin/jupyter-book build . -W --keep-going
 
 smoke-outputs: env data  ## refresh the smoke outputs stored in notebooks/ (what nbval compares against)
 	tmp=$$(mktemp -d) && for nb in $(NOTEBOOKS); do \
 	  REPROLIB_PROFILE=smoke REPROLIB_RESULTS=$$tmp/results $(NB_ENV) \
-	  .venv/bin/jupyter nbconvert --to notebook --execute --inplace "$$nb" || exit 1; done
+	  .venv/bin/papermill --no-progress-bar "$$nb" "$$nb" || exit 1; done
 
 data: env  ## find, verify and decode CIFAR-10 (official download, $$REPROLIB_DATA, or ../shared/data archive)
 	$(PY) -m reprolib.data

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 import torchvision
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 
