@@ -21,7 +21,8 @@ _PRESETS = {
         "smoke": dict(_BASELINE_COMMON, model="resnet20", epochs=1, lr=0.05, n_train=1024, n_test=512),
         # Cosine schedule, 40 epochs: about 2 hours on 2 cores (bf16 + channels_last).
         "budget": dict(_BASELINE_COMMON, epochs=40, lr=0.1),
-        # He et al. / HRank baseline protocol: 164 epochs, lr 0.1 divided by 10 at 50% and 75%, wd 1e-4.
+        # He et al. 2016 (Sec. 4.2): 64k iterations of batch 128 (164 epochs), lr 0.1 divided by 10 at
+        # 32k and 48k iterations (epochs 82 and 123), weight decay 1e-4, momentum 0.9, fp32.
         "paper": dict(_BASELINE_COMMON, epochs=164, lr=0.1, nesterov=False, weight_decay=1e-4, schedule="step",
                       milestones=[82, 123], bf16=False, channels_last=False),
     },
