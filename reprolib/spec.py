@@ -42,7 +42,7 @@ def parse(spec: str, n_layers: int | None = None) -> list[float]:
 
 
 def format(rates: list[float]) -> str:  # noqa: A001 (mirrors parse)
-    """The shortest run-length spec of ``rates``: ``parse(format(rates)) == rates``; the spec to the same list."""
+    """The shortest run-length spec of ``rates``, so that ``parse(format(rates)) == rates``."""
     if not rates:
         raise ValueError("no rates to format")
     terms, i = [], 0
