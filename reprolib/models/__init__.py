@@ -25,7 +25,10 @@ def create(name: str, **kwargs) -> nn.Module:
         fn = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(available())}") from None
-    return fn(**kwargs)
+    model = fn(**kwargs)
+    # Remembered so that derived networks (``surgery.shrink``) can be rebuilt from a description.
+    model.registry_name, model.registry_kwargs = name, dict(kwargs)
+    return model
 
 
 from . import resnet_cifar, vgg, lenet, imagenet  # noqa: E402,F401  (fill the registry)
