@@ -26,6 +26,31 @@ _PRESETS = {
         "paper": dict(_BASELINE_COMMON, epochs=164, lr=0.1, nesterov=False, weight_decay=1e-4, schedule="step",
                       milestones=[82, 123], bf16=False, channels_last=False),
     },
+    # Structural vs nominal pruning ratio (Tessier et al. 2022): network slimming of the baseline,
+    # structure-only sweeps of ResNet-56 and ResNet-50, and HRank's specs through the same lens.
+    "structural": {
+        "smoke": dict(baseline="smoke", rates=[0.3, 0.6], iterations=3, lam=1e-5, n_train=512, n_test=512,
+                      finetune=dict(epochs=1, lr=0.01, schedule="cosine", batch_size=128, momentum=0.9,
+                                    nesterov=True, weight_decay=5e-4, bf16=True, channels_last=True, seed=0),
+                      sweep_rates=[0.3, 0.6], resnet50_size=32, hrank_weights="random", hrank_batches=1,
+                      rank_batch=32, latency_batches=[1, 8], latency_repeats=2),
+        # One epoch of fine-tuning per iteration (the document: 10 on ImageNet), four target rates.
+        "budget": dict(baseline="budget", rates=[0.2, 0.4, 0.6, 0.8], iterations=3, lam=1e-5, n_train=None,
+                       n_test=None, finetune=dict(epochs=1, lr=0.01, schedule="cosine", batch_size=128,
+                                                  momentum=0.9, nesterov=True, weight_decay=5e-4, bf16=True,
+                                                  channels_last=True, seed=0),
+                       sweep_rates=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], resnet50_size=64,
+                       hrank_weights="baseline", hrank_batches=5, rank_batch=128, latency_batches=[1, 128],
+                       latency_repeats=15),
+        # Section 4.1: 3 iterations, 10 epochs of fine-tuning after each (ResNet-50), lr 0.01, wd 1e-4.
+        "paper": dict(baseline="paper", rates=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], iterations=3,
+                      lam=1e-5, n_train=None, n_test=None,
+                      finetune=dict(epochs=10, lr=0.01, schedule="cosine", batch_size=128, momentum=0.9,
+                                    nesterov=False, weight_decay=1e-4, bf16=False, channels_last=False, seed=0),
+                      sweep_rates=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], resnet50_size=224,
+                      hrank_weights="baseline", hrank_batches=5, rank_batch=128, latency_batches=[1, 128],
+                      latency_repeats=30),
+    },
 }
 
 

@@ -53,3 +53,14 @@ def format(rates: list[float]) -> str:  # noqa: A001 (mirrors parse)
         terms.append(f"[{rates[i]!r}]" + (f"*{j - i}" if j - i > 1 else ""))
         i = j
     return "+".join(terms)
+
+
+def table1() -> dict[int, str]:
+    """The seven compress-rate specs of the HRank study's Table 1, row -> spec, in the 55-entry reading:
+    the printed 53-entry string + ``+[0.1]+[0.4]``, the ending its Conclusion quotes for row 7."""
+    from . import reference
+    ref = reference.load("hrank_table1")
+    out = {}
+    for row, notes in ref.groupby("row")["note"]:
+        out[int(row)] = notes.iloc[0].split(": ")[-1] + "+[0.1]+[0.4]"
+    return dict(sorted(out.items()))

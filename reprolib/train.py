@@ -77,11 +77,12 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int = 128
         nesterov: bool = False, weight_decay: float = 5e-4, schedule: str = "cosine", milestones=(),
         gamma: float = 0.1, warmup_epochs: float = 0.0, label_smoothing: float = 0.0, bf16: bool = True,
         channels_last: bool = True, seed: int = 0, checkpoint: Path | None = None, on_epoch=None,
-        desc: str = "train") -> list[dict]:
+        penalty=None, desc: str = "train") -> list[dict]:
     """SGD training of ``model`` on ``data`` (a reprolib.data.Cifar10-like object).
 
     ``checkpoint``: a file written atomically after every epoch and resumed from when present.
     ``on_epoch(epoch, model, history)``: called after each epoch (pruning during training, tests).
+    ``penalty(model)``: a scalar added to the loss (e.g. network slimming's sparsity term on BN weights).
     Returns the per-epoch history: lr, train loss/acc, test loss/acc, seconds.
     """
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -110,6 +111,8 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int = 128
             with _autocast(bf16):
                 out = model(xb)
                 loss = F.cross_entropy(out.float(), yb, label_smoothing=label_smoothing)
+            if penalty is not None:
+                loss = loss + penalty(model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -47,10 +47,9 @@ def test_wrong_length_names_expected_and_given():
 
 def _table1():
     ref = reference.load("hrank_table1")
-    for row in range(1, 8):
-        r = ref[ref["row"] == str(row)].set_index("metric")
-        printed = r["note"].iloc[0].split(": ")[-1]
-        yield row, printed + "+[0.1]+[0.4]", r["value"]
+    for row, full in spec.table1().items():
+        assert full.startswith(ref[ref["row"] == str(row)]["note"].iloc[0].split(": ")[-1])
+        yield row, full, ref[ref["row"] == str(row)].set_index("metric")["value"]
 
 
 @pytest.mark.parametrize("row,full,paper", list(_table1()), ids=[f"row{i}" for i in range(1, 8)])

@@ -89,6 +89,26 @@ def apply_masks(model: nn.Module, masks: dict) -> nn.Module:
     return model
 
 
+def hold_masks(model: nn.Module, masks: dict) -> list:
+    """Keep the pruned filters of a masked model at zero while it trains: gradient hooks zero their
+    conv/linear weights' and following BN's gradients (with SGD, momentum and weight decay then leave
+    the zeros alone). Returns the hook handles (``h.remove()`` to release)."""
+    masks = check_masks(model, masks)
+    handles = []
+
+    def hook(keep):
+        return lambda g: g * keep.to(g.dtype).view(-1, *[1] * (g.dim() - 1))
+
+    bn_src = {src: bn for bn, src in bn_after(fx.symbolic_trace(model)).items()}
+    for name, keep in masks.items():
+        mods = [model.get_submodule(name)] + ([model.get_submodule(bn_src[name])] if name in bn_src else [])
+        for m in mods:
+            for p in (m.weight, m.bias):
+                if p is not None and p.requires_grad:
+                    handles.append(p.register_hook(hook(keep.to(p.device))))
+    return handles
+
+
 def _kind(gm: fx.GraphModule, node: fx.Node) -> str:
     """How ``node`` maps channels: input | producer | add | pad | channelwise | meta | output."""
     if node.op in ("placeholder", "output"):
