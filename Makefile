@@ -4,18 +4,21 @@ PROFILE ?= $(or $(REPROLIB_PROFILE),budget)
 UV := $(or $(shell command -v uv 2>/dev/null),$(HOME)/.local/bin/uv)
 PY := .venv/bin/python
 NOTEBOOKS := $(wildcard notebooks/*.ipynb)
+# The book's chapters: the notebooks that _toc.yml lists (a notebook whose budget results are not
+# committed yet stays out of the book, but nbval still runs it under the smoke profile).
+CHAPTERS := $(patsubst %,notebooks/%.ipynb,$(shell sed -n 's|.*file: book/generated/||p' _toc.yml))
 # tqdm bars would end up in the stored notebook outputs; scripts still show them.
 NB_ENV := TQDM_DISABLE=1 PYTHONHASHSEED=0
 
-.PHONY: book notebooks test unit nbval book-check data env smoke-outputs clean
+.PHONY: book notebooks test unit nbval book-check data env smoke-outputs bench clean
 
 book: notebooks  ## execute every notebook (PROFILE, default budget; cached results are read) and build the book
 	$(NB_ENV) .venv/bin/jupyter-book build .
 	@echo "The book is in _build/html/index.html"
 
-notebooks: env data  ## papermill every notebook into book/generated/ under PROFILE
+notebooks: env data  ## papermill every chapter into book/generated/ under PROFILE
 	@mkdir -p book/generated
-	@for nb in $(NOTEBOOKS); do \
+	@for nb in $(CHAPTERS); do \
 	  echo "== papermill $$nb (profile $(PROFILE))"; \
 	  $(NB_ENV) .venv/bin/papermill --no-progress-bar "$$nb" "book/generated/$$(basename $$nb)" -p profile $(PROFILE) || exit 1; \
 	done
@@ -41,6 +44,14 @@ smoke-outputs: env data  ## refresh the smoke outputs stored in notebooks/ (what
 	tmp=$$(mktemp -d) && for nb in $(NOTEBOOKS); do \
 	  REPROLIB_PROFILE=smoke REPROLIB_RESULTS=$$tmp/results $(NB_ENV) \
 	  .venv/bin/papermill --no-progress-bar "$$nb" "$$nb" || exit 1; done
+
+# Speed targets live here, not in unit tests: each script prints ratios measured side by side in one run.
+# glibc's allocator otherwise re-faults large activation buffers on every pass (timings swing 50%).
+BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184
+bench: env data  ## benchmarks: shrunk-network latency vs FLOPs, HRank rank batching, ThiNet selection
+	$(BENCH_ENV) $(PY) benchmarks/shrink_latency.py
+	$(BENCH_ENV) $(PY) benchmarks/hrank_rank.py
+	$(BENCH_ENV) $(PY) benchmarks/thinet_select.py
 
 data: env  ## find, verify and decode CIFAR-10 (official download, $$REPROLIB_DATA, or ../shared/data archive)
 	$(PY) -m reprolib.data

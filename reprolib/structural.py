@@ -111,11 +111,11 @@ def hrank_masks(model, images: torch.Tensor, rates: list[float], batch: int, n_b
     return masks_mod.from_scores(ranks, dict(zip(convs, rates)), scope="local")
 
 
-def lens_rows(model, images, p: dict, *, latency: bool = True, progress: bool = True) -> list[dict]:
+def lens_rows(model, images, p: dict, *, latency: bool = True) -> list[dict]:
     """Per Table 1 spec: HRank-convention counts, true counts of the shrunk network, latencies."""
     convs = masks_mod.conv_layers(model)
     rows = []
-    for row, s in tqdm(spec.table1().items(), desc="HRank specs", leave=False, disable=not progress):
+    for row, s in tqdm(spec.table1().items(), desc="HRank specs", leave=False):
         rates = spec.parse(s, n_layers=len(convs))
         masks = hrank_masks(model, images, rates, p["rank_batch"], p["hrank_batches"])
         small = surgery.shrink(model, masks)
