@@ -44,6 +44,17 @@ def get(name: str) -> Callable:
         raise ValueError(f"unknown criterion {name!r}; available: {', '.join(available())}") from None
 
 
+def replayable(batches, who: str):
+    """``batches`` as a function returning a fresh iterable on each call (a criterion that reads the data
+    more than once): a list is replayed, a function is used as it is, a generator is refused."""
+    if callable(batches):
+        return batches
+    if iter(batches) is batches:
+        raise TypeError(f"{who} reads the batches more than once: pass a list of batches or a function "
+                        "returning a fresh iterable (e.g. lambda *_: data.batches(x, y, 128)), not a generator")
+    return lambda *_: batches
+
+
 # Fill the registry (each module registers its criteria on import).
 from . import filters, weights  # noqa: E402,F401
 from . import thinet, gradient_outlier  # noqa: E402,F401

@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import register
+from . import register, replayable
 from .vgg_surgery import conv_names, param_count, remove_filters
 
 
@@ -132,15 +132,6 @@ def select_prune(model: nn.Module, scores: dict[str, torch.Tensor], r: float, in
     return chosen
 
 
-def _replayable(batches):
-    if callable(batches):
-        return batches
-    if iter(batches) is batches:
-        raise TypeError("pass a list of batches or a function round -> batches, not a generator "
-                        "(each scoring round needs its own batches)")
-    return lambda round_: batches
-
-
 def prune_step(model: nn.Module, batches, r: float, *, initial_params: int | None = None, s: float = 1.0,
                epsilon: float = 1e-4, n_batches: int | None = 32, max_rounds: int = 1) -> dict:
     """One pruning event on all conv layers (the last included), in place: up to ``max_rounds``
@@ -148,7 +139,7 @@ def prune_step(model: nn.Module, batches, r: float, *, initial_params: int | Non
     ratio is at most ``r`` or a round finds no candidate. ``batches``: a list of (images, labels)
     or a function ``round -> iterable``. Returns a record: filters pruned per layer, channels
     left, params and ratio."""
-    fresh = _replayable(batches)
+    fresh = replayable(batches, "prune_step")
     layers = conv_names(model)
     initial = initial_params or param_count(model)
     pruned = {n: 0 for n in layers}

@@ -50,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from . import replayable
 from .vgg_surgery import conv_names, remove_filters
 
 RIDGE = 1e-8  # the document's regulariser
@@ -298,15 +299,6 @@ def prune_layer(model: nn.Module, layer_i: str, layer_next: str, keep, scales=No
     return remove_filters(model, layer_i, keep, scales)
 
 
-def _replayable(batches):
-    if callable(batches):
-        return batches
-    if iter(batches) is batches:
-        raise TypeError("thinet_prune reads the batches once per layer: pass a list of batches or a function "
-                        "returning a fresh iterable (e.g. lambda: data.batches(x, y, 128)), not a generator")
-    return lambda: batches
-
-
 def thinet_prune(model: nn.Module, batches, r: float, n_samples: int = 10_000, seed: int = 0, *,
                  method: str = "document", samples_per_image: int = 10, ridge: float = RIDGE):
     """Prune a VGG-style network with ThiNet: every conv layer but the last, from the first to the
@@ -325,7 +317,7 @@ def thinet_prune(model: nn.Module, batches, r: float, n_samples: int = 10_000, s
     between layers. Seeds: layer k samples with ``seed + k``."""
     if method not in ("document", "iccv"):
         raise ValueError(f"method must be 'document' (Algorithm 1) or 'iccv'; got {method!r}")
-    fresh = _replayable(batches)
+    fresh = replayable(batches, "thinet_prune")
     names = conv_names(model)
     records = []
     for k, (name, nxt) in enumerate(tqdm(list(zip(names[:-1], names[1:])), desc="ThiNet layers", leave=False)):
