@@ -1,0 +1,462 @@
+"""ThiNet vs the gradient-outlier method (Otlu & Sikdokur, CMPE 544 report), each part a cached run of
+experiment "thinet_vs_gradient". VGG-16 (CIFAR, BN) on CIFAR-10, ``epochs`` (20) epochs in all:
+
+* ``dense(profile, seed)``: the VGG-16 trained for the first ``pre_epochs`` (15) epochs of the
+  ``epochs``-epoch schedule. ThiNet and the controls prune this same network;
+* ``thinet(profile, r, seed)``: ThiNet (the document's Algorithm 1, least-squares scales) on every
+  conv layer but the last, keeping ``ceil(C * r)`` filters per layer, then fine-tuning for the
+  remaining epochs (16-20) of the same schedule;
+* ``gradient(profile, r, seed)``: the document's method: the same schedule from the same
+  initialisation, pruned after every ``prune_every`` (5) epochs until the parameters left are at most
+  ``r`` of the initial ones;
+* ``control(profile, criterion, r, seed)``: "l1norm" or "random" filter selection with ThiNet's
+  per-layer keep counts on the same layers of the same dense network, no reconstruction, fine-tuned
+  like ThiNet;
+* ``unpruned(profile, seed)``: the dense network trained for the remaining epochs like the pruned
+  ones, nothing removed: the accuracy the protocol reaches without pruning.
+
+Every pruned run records its test accuracy (fp32, all test images), the true params and FLOPs of the
+really smaller network (``counting.count``), and the CPU latency of the dense 15-epoch network and of
+the pruned one, timed interleaved at each of ``latency_batches``.
+
+Weights. No VGG weights go under ``data/results`` (VGG-16 is ~60 MB): the dense 15-epoch weights are
+kept in the cache, ``runs.checkpoint_dir()/thinet_vs_gradient/<hash>-dense.pt``, with their SHA-256 in
+the dense record. Where the file is missing (a fresh clone with committed results, a cleaned cache)
+and a pruned run still has to be computed, the dense run is reproduced from its config (seeded,
+deterministic on CPU for a given thread count) and a warning says if the weights differ from the
+recorded ones; each pruned run records the SHA-256 of the dense weights it started from. Reading
+cached runs (``REPROLIB_CACHED_ONLY=1``, the book) needs the JSON files only. Pruned weights are not kept.
+
+Resumable: every run checkpoints after every epoch (``train.fit(checkpoint=...)``); a run whose
+network was shrunk before the kill rebuilds the shrunk shapes from its checkpoint (``resize_like``).
+
+    python -m reprolib.thinet_vs_gradient --profile budget      # runs (or reads) all of them
+
+For stable latencies start Python with ``MALLOC_MMAP_THRESHOLD_=33554432
+MALLOC_TRIM_THRESHOLD_=17179869184`` (see ``reprolib.counting``).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import math
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from . import criteria, data as data_mod, profiles, runs
+from .counting import count, latency_interleaved
+from .criteria import gradient_outlier as go
+from .criteria import thinet as thinet_mod
+from .criteria.vgg_surgery import conv_names, remove_filters
+from .models import create
+from .train import evaluate, fit, save_atomic, seed_everything
+
+EXPERIMENT = "thinet_vs_gradient"
+CIFAR = (1, 3, 32, 32)
+CONTROLS = ("l1norm", "random")
+METHODS = ("thinet", "gradient") + CONTROLS
+LABELS = {"thinet": "ThiNet", "gradient": "gradient (document)", "l1norm": "L1-norm", "random": "random",
+          "dense": "dense", "unpruned": "unpruned"}
+_OPT_KEYS = ("momentum", "nesterov", "weight_decay")
+
+
+# --------------------------------------------------------------------------- helpers (tested)
+
+def keep_counts(model: nn.Module, r: float) -> dict[str, int]:
+    """Filters ThiNet keeps per layer at keep-share ``r``: ``ceil(C * r)`` (``thinet.n_kept``) for every
+    conv of ``model.features`` but the last, which ThiNet does not prune. The controls use the same."""
+    return {n: thinet_mod.n_kept(model.get_submodule(n).out_channels, r) for n in conv_names(model)[:-1]}
+
+
+def control_masks(model: nn.Module, criterion: str, r: float, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Keep-masks (True = keep) with ThiNet's per-layer counts at ``r`` (``keep_counts``), the filters
+    chosen by ``criterion``: "l1norm" (largest L1 norms kept) or "random" (seeded per layer). Scores
+    come from ``model`` as it is (all layers scored before any is pruned); among equal scores the lower
+    index is pruned first (as ``reprolib.masks``)."""
+    if criterion not in CONTROLS:
+        raise ValueError(f"unknown control criterion {criterion!r}: choose one of {', '.join(CONTROLS)}")
+    counts = keep_counts(model, r)
+    fn = criteria.get(criterion)
+    scores = fn(model, list(counts), seed=seed) if criterion == "random" else fn(model, list(counts))
+    masks = {}
+    for name, k in counts.items():
+        s = torch.as_tensor(scores[name]).detach().double().flatten()
+        keep = torch.ones(len(s), dtype=torch.bool)
+        keep[torch.sort(s, stable=True).indices[:len(s) - k]] = False
+        masks[name] = keep
+    return masks
+
+
+@torch.no_grad()
+def apply_keep(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
+    """Remove for real the filters whose mask is False (``vgg_surgery.remove_filters``); in place."""
+    for name, keep in masks.items():
+        if not keep.all():
+            remove_filters(model, name, keep)
+    return model
+
+
+@torch.no_grad()
+def resize_like(model: nn.Module, state: dict) -> nn.Module:
+    """Shrink the convs of ``model`` to the output widths found in ``state`` (a state dict of a pruned
+    copy), so that ``model.load_state_dict(state)`` fits: how a run resumes after its network was
+    shrunk. Which filters are kept does not matter, the values come from ``state``. In place."""
+    for name in conv_names(model):
+        key = f"{name}.weight"
+        if key not in state:
+            raise ValueError(f"the state dict has no {key!r}: it is not from a VGG-style network like this one")
+        width, now = state[key].shape[0], model.get_submodule(name).out_channels
+        if width > now:
+            raise ValueError(f"{name} has {width} filters in the state dict but {now} in the model: "
+                             "resize_like only shrinks")
+        if width < now:
+            remove_filters(model, name, torch.arange(width))
+    return model
+
+
+def state_sha256(state: dict) -> str:
+    """SHA-256 of a state dict's names, dtypes, shapes and values (sorted by name)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().cpu().contiguous()
+        h.update(f"{k}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _check_r(r) -> float:
+    r = float(r)
+    if not 0 < r < 1:
+        raise ValueError(f"r is the share kept (of each layer's channels for ThiNet, of the parameters for the "
+                         f"gradient method) and must be in (0, 1); got {r}")
+    return r
+
+
+def _check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+    return seed
+
+
+# --------------------------------------------------------------------------- training pieces
+
+class _Until(Exception):
+    def __init__(self, history):
+        super().__init__("stop")
+        self.history = history
+
+
+def _data(config: dict):
+    return data_mod.load(config["dataset"]).subset(config["n_train"], config["n_test"])
+
+
+def _fit_until(model: nn.Module, d, config: dict, until: int, checkpoint: Path, desc: str) -> list[dict]:
+    """Epochs 1..``until`` of the ``config["epochs"]``-epoch schedule (``train.fit`` stopped by its
+    callback after epoch ``until``; resumable from ``checkpoint``). Returns the history."""
+    def stop(epoch, _model, history):
+        if epoch >= until:
+            raise _Until(list(history))
+    try:
+        history = fit(model, d, epochs=config["epochs"], seed=config["seed"], checkpoint=checkpoint,
+                      on_epoch=stop, desc=desc, **config["train"])
+    except _Until as e:
+        history = e.history
+    model.to(memory_format=torch.contiguous_format)
+    return history
+
+
+def _fresh_optimizer_checkpoint(model: nn.Module, train_cfg: dict, epoch: int, history: list, path: Path) -> None:
+    """A ``train.fit`` checkpoint at ``epoch`` with a fresh SGD optimizer over the (new) parameters."""
+    opt = torch.optim.SGD(model.parameters(), lr=train_cfg["lr"], **{k: train_cfg[k] for k in _OPT_KEYS})
+    save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
+                 "history": history}, path)
+
+
+def _dense_weights(record: dict) -> Path:
+    return runs.checkpoint_dir() / EXPERIMENT / f"{record['hash']}-dense.pt"
+
+
+def _train_dense(config: dict, paths: dict) -> dict:
+    d = _data(config)
+    seed_everything(config["seed"])
+    model = create(config["model"])
+    history = _fit_until(model, d, config, config["pre_epochs"], paths["checkpoint"],
+                         f"{config['model']} dense seed {config['seed']}")
+    final = evaluate(model, d.test_x, d.test_y)  # fp32, NCHW: the number we report
+    state = model.state_dict()
+    save_atomic(state, paths["dense_weights"])
+    c = count(model, CIFAR)
+    return {"model": config["model"], **d.describe(),
+            "metrics": {"test_acc": final["acc"], "test_loss": final["loss"], "params": c["params"],
+                        "flops": c["flops"]},
+            "curves": history, "weights_sha256": state_sha256(state)}
+
+
+def _measure(dense: nn.Module, model: nn.Module, d, config: dict) -> dict:
+    """Accuracy, true counts and interleaved latencies of a pruned ``model`` beside ``dense``."""
+    final = evaluate(model, d.test_x, d.test_y)
+    c, c0 = count(model, CIFAR), count(dense, CIFAR)
+    m = {"test_acc": final["acc"], "test_loss": final["loss"], "params": c["params"], "flops": c["flops"],
+         "params_dense": c0["params"], "flops_dense": c0["flops"], "params_ratio": c["params"] / c0["params"],
+         "flops_ratio": c["flops"] / c0["flops"]}
+    latency = {}
+    for b in tqdm(config["latency_batches"], desc="latency", leave=False):
+        t = latency_interleaved({"dense": dense, "pruned": model}, (b, 3, 32, 32),
+                                repeats=config["latency_repeats"], warmup=3)
+        latency[f"b{b}"] = t
+        m[f"ms_dense_b{b}"], m[f"ms_pruned_b{b}"] = t["dense"]["median_ms"], t["pruned"]["median_ms"]
+        m[f"speedup_b{b}"] = t["dense"]["median_ms"] / t["pruned"]["median_ms"]
+        m["threads"] = t["dense"]["threads"]
+    return {"metrics": m, "latency": latency,
+            "channels": {n: model.get_submodule(n).out_channels for n in conv_names(model)}}
+
+
+# --------------------------------------------------------------------------- the runs
+
+def _settings(profile: str | None) -> dict:
+    return profiles.get(EXPERIMENT, profile)
+
+
+def dense(profile: str | None = None, seed: int = 0) -> dict:
+    """The record of the VGG-16 trained for the first ``pre_epochs`` epochs (weights in the cache)."""
+    p = _settings(profile)
+    config = {"part": "dense", "profile": p["profile"], "seed": _check_seed(seed),
+              **{k: p[k] for k in ("model", "dataset", "n_train", "n_test", "epochs", "pre_epochs", "train")}}
+
+    def fn(config, paths):
+        return _train_dense(config, {**paths, "dense_weights": _dense_weights({"hash": runs.config_hash(config)})})
+    return runs.run(EXPERIMENT, config, fn)
+
+
+def dense_model(profile: str | None = None, seed: int = 0) -> tuple[nn.Module, dict]:
+    """``(model, record)``: the dense 15-epoch VGG-16 in eval mode, loaded from the cache, or reproduced
+    from its record's config when the weights file is missing; a warning says when the weights loaded
+    differ from those the record's SHA-256 names."""
+    rec = dense(profile, seed)
+    path = _dense_weights(rec)
+    reproduced = not path.exists()
+    if reproduced:
+        print(f"dense weights {path} missing: reproducing run {rec['hash']} ({rec['config']['pre_epochs']} epochs)")
+        ckpt = path.with_name(f"{rec['hash']}-reproduce.pt")
+        _train_dense(rec["config"], {"checkpoint": ckpt, "dense_weights": path})
+        ckpt.unlink(missing_ok=True)
+    state = torch.load(path, weights_only=True)
+    if state_sha256(state) != rec["weights_sha256"]:
+        how = "reproduced" if reproduced else "found"
+        warnings.warn(f"the dense weights {how} at {path} differ from those recorded by run {rec['hash']} "
+                      "(another machine or thread count?); the pruned runs record the SHA-256 "
+                      "of the dense weights they start from.", stacklevel=2)
+    model = create(rec["config"]["model"])
+    model.load_state_dict(state)
+    return model.eval(), rec
+
+
+def _pruned_config(p: dict, part: str, base: dict, r: float, seed: int, **extra) -> dict:
+    return {"part": part, "profile": p["profile"], "dense": base["hash"], "r": _check_r(r), "seed": seed, **extra,
+            **{k: p[k] for k in ("latency_batches", "latency_repeats")}}
+
+
+def _finetune(model: nn.Module, d, base: dict, paths: dict, desc: str) -> list[dict]:
+    """Epochs ``pre_epochs + 1 .. epochs`` of the dense run's schedule, fresh optimizer, resumable."""
+    cfg = base["config"]
+    if not paths["checkpoint"].exists():
+        _fresh_optimizer_checkpoint(model, cfg["train"], cfg["pre_epochs"], base["curves"], paths["checkpoint"])
+    return fit(model, d, epochs=cfg["epochs"], seed=cfg["seed"], checkpoint=paths["checkpoint"], desc=desc,
+               **cfg["train"])
+
+
+def _prune_and_finetune(profile, part: str, r: float, seed: int, prune, **extra) -> dict:
+    """Shared by ThiNet, the controls and the unpruned reference: prune the dense network with
+    ``prune(model, d, config) -> (details, seconds)``, fine-tune, measure."""
+    p = _settings(profile)
+    base = dense(p["profile"], _check_seed(seed))
+    config = _pruned_config(p, part, base, r, seed, **extra)
+
+    def fn(config, paths):
+        d = _data(base["config"])
+        ref, _ = dense_model(p["profile"], seed)
+        model = copy.deepcopy(ref)
+        details, seconds = prune(model, d, config)   # redone on resume: deterministic, gives the shapes
+        before = evaluate(model, d.test_x, d.test_y)
+        curves = _finetune(model, d, base, paths, f"{part} r={config['r']} seed {seed}")
+        out = _measure(ref, model, d, config)
+        out["metrics"].update(test_acc_pruned=before["acc"], prune_seconds=seconds,
+                              dense_test_acc=base["metrics"]["test_acc"])
+        return {"model": base["config"]["model"], **d.describe(), **out, "curves": curves, **details,
+                "dense_weights_sha256": state_sha256(ref.state_dict())}
+    return runs.run(EXPERIMENT, config, fn)
+
+
+def thinet(profile: str | None = None, r: float = 0.5, seed: int = 0) -> dict:
+    """ThiNet at keep-share ``r`` on the dense network of ``seed``, then fine-tuning."""
+    p = _settings(profile)
+
+    def prune(model, d, config):
+        t = config["thinet"]
+        g = torch.Generator().manual_seed(config["seed"])
+        n_images = math.ceil(t["n_samples"] / t["samples_per_image"])
+        idx = torch.randperm(len(d.train_y), generator=g)[:n_images]  # un-augmented training images
+        x, y = d.train_x[idx], d.train_y[idx]
+        t0 = time.time()
+        _, layers = thinet_mod.thinet_prune(model, lambda: data_mod.batches(x, y, t["batch_size"]), config["r"],
+                                            t["n_samples"], config["seed"], method=t["method"],
+                                            samples_per_image=t["samples_per_image"], ridge=t["ridge"])
+        return {"thinet_layers": layers}, time.time() - t0
+    return _prune_and_finetune(profile, "thinet", r, seed, prune, thinet=p["thinet"])
+
+
+def control(profile: str | None = None, criterion: str = "l1norm", r: float = 0.5, seed: int = 0) -> dict:
+    """``criterion`` ("l1norm" or "random") with ThiNet's per-layer keep counts at ``r``, same layers,
+    same dense network, fine-tuned as ThiNet."""
+    if criterion not in CONTROLS:
+        raise ValueError(f"unknown control criterion {criterion!r}: choose one of {', '.join(CONTROLS)}")
+
+    def prune(model, d, config):
+        t0 = time.time()
+        apply_keep(model, control_masks(model, criterion, config["r"], config["seed"]))
+        return {}, time.time() - t0
+    return _prune_and_finetune(profile, "control", r, seed, prune, criterion=criterion)
+
+
+def unpruned(profile: str | None = None, seed: int = 0) -> dict:
+    """The dense network trained for the remaining epochs like the pruned ones, nothing removed."""
+    p = _settings(profile)
+    base = dense(p["profile"], _check_seed(seed))
+    config = {"part": "unpruned", "profile": p["profile"], "dense": base["hash"], "seed": seed}
+
+    def fn(config, paths):
+        d = _data(base["config"])
+        model, _ = dense_model(p["profile"], seed)
+        curves = _finetune(model, d, base, paths, f"unpruned seed {seed}")
+        final = evaluate(model, d.test_x, d.test_y)
+        c = count(model, CIFAR)
+        return {"model": base["config"]["model"], **d.describe(), "curves": curves,
+                "metrics": {"test_acc": final["acc"], "test_loss": final["loss"], "params": c["params"],
+                            "flops": c["flops"], "dense_test_acc": base["metrics"]["test_acc"]}}
+    return runs.run(EXPERIMENT, config, fn)
+
+
+def _train_gradient(config: dict, paths: dict, d) -> tuple[nn.Module, list[dict]]:
+    """The document's training with pruning every ``prune_every`` epochs (``gradient_outlier``), with a
+    persistent checkpoint: after a shrink, fit resumes from it with a fresh optimizer (as
+    ``gradient_outlier.train_with_pruning``), and a killed run rebuilds the shrunk shapes from it.
+    Each pruning event's record is stored in the history entry of its epoch (key "pruning")."""
+    seed, tr, g = config["seed"], config["train"], config["gradient"]
+    seed_everything(seed)
+    model = create(config["model"])
+    initial = sum(q.numel() for q in model.parameters())
+    ckpt = paths["checkpoint"]
+    if ckpt.exists():
+        resize_like(model, torch.load(ckpt, weights_only=True)["model"])
+    events: list[dict] = []
+    inner = go.pruning_callback(d, epochs=config["epochs"], r=config["r"], initial_params=initial,
+                                prune_every=config["prune_every"], s=g["s"], epsilon=g["epsilon"],
+                                n_batches=g["n_batches"], batch_size=tr["batch_size"], max_rounds=g["max_rounds"],
+                                seed=seed, records=events)
+
+    def on_epoch(epoch, m, history):
+        n, t0 = len(events), time.time()
+        try:
+            inner(epoch, m, history)
+        finally:
+            if len(events) > n:  # stored in the history, hence in the checkpoint: survives a resume
+                history[-1]["pruning"] = dict(events[-1], seconds=time.time() - t0)
+    while True:
+        try:
+            history = fit(model, d, epochs=config["epochs"], seed=seed, checkpoint=ckpt, on_epoch=on_epoch,
+                          desc=f"gradient r={config['r']} seed {seed}", **tr)
+            return model, history
+        except go.Pruned as stop:
+            _fresh_optimizer_checkpoint(model, tr, stop.epoch, stop.history, ckpt)
+
+
+def gradient(profile: str | None = None, r: float = 0.5, seed: int = 0) -> dict:
+    """The document's gradient-outlier pruning during training to parameter share ``r``."""
+    p = _settings(profile)
+    base = dense(p["profile"], _check_seed(seed))
+    config = _pruned_config(p, "gradient", base, r, seed, prune_every=p["prune_every"], gradient=p["gradient"],
+                            **{k: p[k] for k in ("model", "dataset", "n_train", "n_test", "epochs", "train")})
+
+    def fn(config, paths):
+        d = _data(config)
+        model, history = _train_gradient(config, paths, d)
+        ref, _ = dense_model(p["profile"], seed)
+        out = _measure(ref, model, d, config)
+        events = [h["pruning"] for h in history if "pruning" in h]
+        out["metrics"].update(prune_seconds=sum(e["seconds"] for e in events), reached=out["metrics"]["params_ratio"]
+                              <= config["r"], dense_test_acc=base["metrics"]["test_acc"])
+        return {"model": config["model"], **d.describe(), **out, "curves": history, "pruning_events": events,
+                "dense_weights_sha256": state_sha256(ref.state_dict())}
+    return runs.run(EXPERIMENT, config, fn)
+
+
+# --------------------------------------------------------------------------- all of it, as a table
+
+def plan(profile: str | None = None) -> dict:
+    """What the profile runs and its training cost in dense-VGG-16 epochs (an upper bound: pruned
+    networks train faster)."""
+    p = _settings(profile)
+    n_r, n_s, E, P = len(p["rates"]), len(p["seeds"]), p["epochs"], p["pre_epochs"]
+    per_seed = P + (E - P) + n_r * ((1 + len(CONTROLS)) * (E - P) + E)
+    return {"runs": n_s * (2 + n_r * len(METHODS)), "pruned_runs": n_s * n_r * len(METHODS),
+            "dense_epochs_upper_bound": n_s * per_seed, "n_train": p["n_train"], "n_test": p["n_test"]}
+
+
+def all_runs(profile: str | None = None) -> list[dict]:
+    """Every run of the profile (computed when missing), seed by seed: dense, unpruned, then per r
+    ThiNet, the controls and the gradient method."""
+    p = _settings(profile)
+    todo = []
+    for s in p["seeds"]:
+        todo += [(s, None, "dense"), (s, None, "unpruned")]
+        todo += [(s, r, m) for r in p["rates"] for m in METHODS]
+    out = []
+    for s, r, m in tqdm(todo, desc="thinet_vs_gradient runs"):
+        if m == "dense":
+            out.append(dense(p["profile"], s))
+        elif m == "unpruned":
+            out.append(unpruned(p["profile"], s))
+        elif m == "thinet":
+            out.append(thinet(p["profile"], r, s))
+        elif m == "gradient":
+            out.append(gradient(p["profile"], r, s))
+        else:
+            out.append(control(p["profile"], m, r, s))
+    return out
+
+
+def method_of(record: dict) -> str:
+    c = record["config"]
+    return c["criterion"] if c["part"] == "control" else c["part"]
+
+
+def frame(records: list[dict]) -> pd.DataFrame:
+    """One row per run: method, r (NaN for dense / unpruned), seed, and the metrics."""
+    rows = []
+    for rec in records:
+        m = rec["metrics"]
+        rows.append({"method": method_of(rec), "r": rec["config"].get("r", float("nan")),
+                     "seed": rec["config"]["seed"], **{k: v for k, v in m.items()},
+                     "wall_time_s": rec["wall_time_s"], "hash": rec["hash"]})
+    return pd.DataFrame(rows)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=None, choices=profiles.PROFILES)
+    a = ap.parse_args()
+    pl = plan(a.profile)
+    print(f"{pl['runs']} runs, at most {pl['dense_epochs_upper_bound']} dense VGG-16 epochs on "
+          f"{pl['n_train'] or 'all'} training images")
+    for rec in all_runs(a.profile):
+        m = rec["metrics"]
+        extra = f", params {m['params']:,}, FLOPs {m['flops']:,}" if "params" in m else ""
+        print(f"{method_of(rec):9s} r={rec['config'].get('r', '-')!s:4s} seed {rec['config']['seed']}: "
+              f"acc {m['test_acc']:.4f}{extra} ({rec['wall_time_s'] / 60:.1f} min) -> {rec['hash']}")
