@@ -9,6 +9,10 @@ Where the images come from (first hit wins):
   4. the official download through ``torchvision.datasets.CIFAR10`` (needs internet).
 The copy that was used is named in ``Cifar10.copy``: "cifar10-official" or
 "cifar10-jpeg" ("synthetic" for the unit-test stand-in). Every results file records it.
+
+MNIST and Fashion-MNIST (``load("mnist")``, ``load("fashion-mnist")``) come in the same container,
+as uint8 [N, 1, 28, 28] tensors read from the idx files (see ``load_grey``). Batches of grey images
+are scaled to [0, 1] and not augmented (the LeNet recipe); CIFAR-10's path is unchanged.
 """
 from __future__ import annotations
 
@@ -36,6 +40,7 @@ ARCHIVE_SHA256 = "c439afa2614aa14f2d067db88187fdd6d8f9c7dd0f7adf582feb118519b954
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 MEAN = (0.4914, 0.4822, 0.4465)  # normalisation of the HRank code
 STD = (0.2023, 0.1994, 0.2010)
+GREY_SCALE = 1 / 255  # grey 28x28 images: pixels scaled to [0, 1] as Caffe's LeNet does (Han et al. 2015)
 
 
 class DataError(RuntimeError):
@@ -175,20 +180,26 @@ def _resolve(download: bool) -> tuple[str, Path]:
 def load_cifar10(download: bool = True) -> Cifar10:
     """CIFAR-10 as uint8 tensors; decoded once into ``<cache_dir>/<copy>-<id>.pt`` (written atomically)."""
     copy, path = _resolve(download)
+
+    def decode():
+        if copy == "cifar10-official":
+            return _decode_official(path)
+        return _decode_imagefolder(extract_archive(path, cache_dir()) if path.is_file() else path)
+    d = _decoded(copy, path, decode)
+    return Cifar10(*d["train"], *d["test"], copy=copy)
+
+
+def _decoded(copy: str, path: Path, decode) -> dict:
+    """``decode()`` of the source at ``path``, cached in ``<cache_dir>/<copy>-<id>.pt`` (written atomically)."""
     cache = cache_dir() / f"{copy}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}.pt"
     if cache.exists():
-        d = torch.load(cache, weights_only=True)
-    else:
-        if copy == "cifar10-official":
-            d = _decode_official(path)
-        else:
-            root = extract_archive(path, cache_dir()) if path.is_file() else path
-            d = _decode_imagefolder(root)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".tmp{os.getpid()}")
-        torch.save(d, tmp)
-        os.replace(tmp, cache)
-    return Cifar10(*d["train"], *d["test"], copy=copy)
+        return torch.load(cache, weights_only=True)
+    d = decode()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    torch.save(d, tmp)
+    os.replace(tmp, cache)
+    return d
 
 
 def synthetic_cifar10(n_train: int = 512, n_test: int = 256, seed: int = 0) -> Cifar10:
@@ -205,19 +216,101 @@ def synthetic_cifar10(n_train: int = 512, n_test: int = 256, seed: int = 0) -> C
     return Cifar10(*make(n_train), *make(n_test), copy="synthetic")
 
 
+# --------------------------------------------------------------------------- MNIST, Fashion-MNIST
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+# name -> (environment variable, torchvision class; its download lands in <cache>/<class name>/raw)
+GREY = {"mnist": ("REPROLIB_MNIST", torchvision.datasets.MNIST),
+        "fashion-mnist": ("REPROLIB_FASHION_MNIST", torchvision.datasets.FashionMNIST)}
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An idx file (LeCun's MNIST format, gzipped or not) as a uint8 tensor: images [N, H, W], labels [N]."""
+    import gzip
+    raw = (gzip.open if Path(path).suffix == ".gz" else open)(path, "rb").read()
+    if len(raw) < 8 or raw[:2] != b"\0\0" or raw[2] != 0x08 or raw[3] not in (1, 3):
+        raise DataError(f"{path} is not a uint8 idx file (header {raw[:4].hex()}, expected 00000801 or 00000803)")
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(raw[3])]
+    body = raw[4 + 4 * raw[3]:]
+    if len(body) != int(torch.tensor(dims).prod()):
+        raise DataError(f"{path} is truncated or corrupted: header says {dims}, found {len(body)} bytes of data")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(dims)
+
+
+def _idx_path(folder: Path, stem: str) -> Path | None:
+    return next((folder / f for f in (stem, stem + ".gz") if (folder / f).is_file()), None)
+
+
+def _grey_folder(folder: Path) -> bool:
+    return all(_idx_path(folder, stem) for pair in IDX_FILES.values() for stem in pair)
+
+
+def _resolve_grey(name: str, download: bool) -> Path:
+    """The folder holding the four idx files of ``name``, or a DataError listing where we looked."""
+    env_var, cls = GREY[name]
+    looked, candidates = [], []
+    if os.environ.get(env_var):
+        candidates.append((f"${env_var}", Path(os.environ[env_var]).expanduser()))
+    if name == "fashion-mnist":
+        candidates.append(("Debian package dataset-fashion-mnist", DEBIAN_FASHION_MNIST))
+    raw = cache_dir() / cls.__name__ / "raw"  # torchvision's download layout
+    candidates.append(("torchvision download", raw))
+    for label, folder in candidates:
+        looked.append(f"{label}: {folder}")
+        if _grey_folder(folder):
+            return folder
+    if download:
+        try:
+            cls(cache_dir(), train=True, download=True)
+            return raw
+        except Exception as e:  # no internet, proxy, ...
+            looked.append(f"download ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    debian = " `apt-get install dataset-fashion-mnist` (Debian), or" if name == "fashion-mnist" else ""
+    raise DataError(f"{name} not found. Looked in: " + "; ".join(looked) + f". Fix:{debian} set {env_var} to a "
+                    f"folder holding {', '.join(s for pair in IDX_FILES.values() for s in pair)} (plain or .gz), "
+                    "or run on a machine with internet (torchvision download).")
+
+
+def load_grey(name: str, download: bool = True) -> Cifar10:
+    """MNIST or Fashion-MNIST (``name``) as uint8 [N, 1, 28, 28] tensors in the CIFAR container
+    (``copy`` is ``name``), read from the idx files: ``$REPROLIB_MNIST`` / ``$REPROLIB_FASHION_MNIST``,
+    Debian's ``/usr/share/datasets/fashion-mnist``, or torchvision's download folder in the cache."""
+    if name not in GREY:
+        raise ValueError(f"unknown grey dataset {name!r}: choose {' or '.join(map(repr, GREY))}")
+    folder = _resolve_grey(name, download)
+
+    def decode():
+        out = {}
+        for split, (images, labels) in IDX_FILES.items():
+            x, y = read_idx(_idx_path(folder, images)), read_idx(_idx_path(folder, labels))
+            if x.dim() != 3 or x.shape[1:] != (28, 28) or y.dim() != 1 or len(x) != len(y):
+                raise DataError(f"{folder}: {split} images {tuple(x.shape)} and labels {tuple(y.shape)} do not "
+                                "match (expected [N, 28, 28] and [N])")
+            out[split] = (x[:, None].contiguous(), y.long())
+        return out
+    d = _decoded(name, folder, decode)
+    return Cifar10(*d["train"], *d["test"], copy=name)
+
+
 def load(name: str, **kw) -> Cifar10:
-    """The dataset registry: "cifar10" or "synthetic"."""
+    """The dataset registry: "cifar10", "mnist", "fashion-mnist" or "synthetic"."""
     if name == "cifar10":
         return load_cifar10(**kw)
+    if name in GREY:
+        return load_grey(name, **kw)
     if name == "synthetic":
         return synthetic_cifar10(**kw)
-    raise ValueError(f"unknown dataset {name!r}: choose 'cifar10' or 'synthetic'")
+    raise ValueError(f"unknown dataset {name!r}: choose 'cifar10', 'mnist', 'fashion-mnist' or 'synthetic'")
 
 
 # --------------------------------------------------------------------------- batches
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [B,3,H,W] -> float, normalised with the HRank mean/std."""
+    """uint8 [B,3,H,W] -> float, normalised with the HRank mean/std; grey [B,1,H,W] -> float in [0, 1]."""
+    if x.shape[1] == 1:
+        return x.float() * GREY_SCALE
     mean = torch.tensor(MEAN).view(1, 3, 1, 1)
     std = torch.tensor(STD).view(1, 3, 1, 1)
     return (x.float() / 255 - mean) / std
@@ -238,13 +331,14 @@ def augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, train: bool = False,
             g: torch.Generator | None = None):
-    """Yield normalised (images, labels) batches; shuffled and augmented when ``train``."""
+    """Yield normalised (images, labels) batches; shuffled when ``train``, and augmented too for colour
+    images (grey digits and garments are not flipped or shifted)."""
     n = len(y)
     order = torch.randperm(n, generator=g) if train else torch.arange(n)
     for i in range(0, n, batch_size):
         idx = order[i:i + batch_size]
         xb = x[idx]
-        if train:
+        if train and x.shape[1] == 3:
             xb = augment(xb, g)
         yield normalize(xb), y[idx]
 

@@ -103,5 +103,5 @@ def test_archive_members_escaping_the_folder_are_refused(tmp_path, monkeypatch):
 
 
 def test_unknown_dataset_name():
-    with pytest.raises(ValueError, match="unknown dataset 'mnist'"):
-        data.load("mnist")
+    with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
+        data.load("imagenet")

@@ -208,3 +208,12 @@ def test_same_counts_as_torch_pruning(name):
     assert n_params(ours) == n_params(theirs) < n_params(model)
     assert count(ours, SIZES[name])["flops"] == count(theirs, SIZES[name])["flops"]
     assert max_diff(ours, theirs, SIZES[name])[0] <= 1e-4
+
+
+def test_a_block_reduced_to_its_shortcut_trains():
+    """The addition of a removed branch must return a new tensor: the in-place ReLU after it would
+    otherwise overwrite the previous block's output, which backward still needs."""
+    model = create("resnet20")
+    masks = {"layer1.1.conv1": torch.zeros(16, dtype=torch.bool), "layer1.1.conv2": torch.zeros(16, dtype=torch.bool)}
+    small = surgery.shrink(model, masks).train()
+    small(torch.randn(2, 3, 32, 32)).sum().backward()

@@ -29,10 +29,12 @@ class IndexAdd(nn.Module):
     def forward(self, a, b):
         if self.a_whole and self.b_whole:
             return a + b
+        # A new tensor even where one operand passes through unchanged: an in-place ReLU after the
+        # addition must not overwrite a tensor the autograd graph still needs.
         if self.a_whole:
-            return a if len(self.pos_b) == 0 else a.index_add(1, self.pos_b, self._part(b, self.sel_b, self.all_b))
+            return a.clone() if len(self.pos_b) == 0 else a.index_add(1, self.pos_b, self._part(b, self.sel_b, self.all_b))
         if self.b_whole:
-            return b if len(self.pos_a) == 0 else b.index_add(1, self.pos_a, self._part(a, self.sel_a, self.all_a))
+            return b.clone() if len(self.pos_a) == 0 else b.index_add(1, self.pos_a, self._part(a, self.sel_a, self.all_a))
         ref = a if a.shape[1] else b
         out = ref.new_zeros(ref.shape[0], self.n, *ref.shape[2:])
         if len(self.pos_a):
