@@ -4,8 +4,6 @@
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from . import data as data_mod, models, profiles, runs, train
@@ -47,8 +45,7 @@ def load_model(record: dict) -> torch.nn.Module:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default=None, choices=profiles.PROFILES)
+    ap = profiles.cli_parser(__doc__)
     rec = run(ap.parse_args().profile)
     print(f"{rec['config']['model']} [{rec['profile']}] on {rec['dataset']}: test_acc={rec['metrics']['test_acc']:.4f}"
           f" after {len(rec['curves'])} epochs, {rec['wall_time_s'] / 60:.1f} min -> {runs.paths('baseline', rec['config'])['json']}")

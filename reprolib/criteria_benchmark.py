@@ -29,8 +29,6 @@ filter; a binary search over those rates (``candidate_rates``) finds the one clo
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 import torch.nn as nn
 from tqdm import tqdm
@@ -398,8 +396,7 @@ def all_runs(profile: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default=None, choices=profiles.PROFILES)
+    ap = profiles.cli_parser(__doc__)
     res = all_runs(ap.parse_args().profile)
     for r in res["finetune"]:
         c = r["config"]

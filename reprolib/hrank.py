@@ -12,8 +12,6 @@
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 
 from . import baseline, criteria, data as data_mod, masks as masks_mod, profiles, runs, spec as spec_mod, surgery
@@ -107,8 +105,7 @@ def all_runs(profile: str | None = None) -> dict[str, list[dict]]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default=None, choices=profiles.PROFILES)
+    ap = profiles.cli_parser(__doc__)
     res = all_runs(ap.parse_args().profile)
     for section, recs in res.items():
         print(section, [round(r["metrics"]["test_acc"], 4) for r in recs])

@@ -5,6 +5,7 @@ A notebook's ``profile`` parameter defaults to ``$REPROLIB_PROFILE``, else ``bud
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 
@@ -206,3 +207,10 @@ def get(experiment: str, profile: str | None = None) -> dict:
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
     return dict(copy.deepcopy(_PRESETS[experiment][profile]), profile=profile)
+
+
+def cli_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The command line of an experiment module (``python -m reprolib.<name> --profile budget``)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default=None, choices=PROFILES)
+    return ap

@@ -13,8 +13,6 @@
 """
 from __future__ import annotations
 
-import argparse
-
 import torch
 from tqdm import tqdm
 
@@ -156,8 +154,7 @@ def hrank_lens(profile: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default=None, choices=profiles.PROFILES)
+    ap = profiles.cli_parser(__doc__)
     ap.add_argument("--part", default="all", choices=["all", "slimming", "sweep", "hrank_lens"])
     a = ap.parse_args()
     if a.part in ("all", "sweep"):

@@ -37,7 +37,6 @@ MALLOC_TRIM_THRESHOLD_=17179869184`` (see ``reprolib.counting``).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import math
@@ -449,8 +448,7 @@ def frame(records: list[dict]) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default=None, choices=profiles.PROFILES)
+    ap = profiles.cli_parser(__doc__)
     a = ap.parse_args()
     pl = plan(a.profile)
     print(f"{pl['runs']} runs, at most {pl['dense_epochs_upper_bound']} dense VGG-16 epochs on "

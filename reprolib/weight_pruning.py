@@ -20,7 +20,6 @@ not pruned), ranked by one threshold over all layers (``scope="global"``) or per
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import warnings
 
@@ -303,8 +302,7 @@ def all_runs(profile: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default=None, choices=profiles.PROFILES)
+    ap = profiles.cli_parser(__doc__)
     res = all_runs(ap.parse_args().profile)
     for r in res["curves"]:
         c = r["config"]
