@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+import json
+
 import torch
 from tqdm import tqdm
 
@@ -151,6 +153,12 @@ def hrank_lens(profile: str | None = None) -> dict:
         rows = lens_rows(model.eval(), d.train_x[: p["rank_batch"] * p["hrank_batches"]], p)
         return {"model": "resnet56", "dataset": d.copy, "metrics": {"rows": len(rows)}, "rows": rows}
     return runs.run("structural", config, fn)
+
+
+def bench_results() -> dict | None:
+    """The latest ``make bench`` shrink-latency results (``data/results/bench/shrink_latency.json``), or None."""
+    path = runs.results_dir() / "bench" / "shrink_latency.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 if __name__ == "__main__":
