@@ -79,7 +79,9 @@ _PRESETS = {
     # all; ThiNet prunes after pre_epochs and fine-tunes for the rest, the gradient method prunes every
     # prune_every epochs. One SGD schedule (cosine over `epochs`) for both: the document gives no optimizer,
     # learning rate or batch size. lr 0.01: at 0.05 the budget VGG-16 reached only 36.65% after 20 epochs on
-    # 5,000 images; a 4-epoch probe on the same images gave 23.7% (2,000 test images) at 0.05 and 50.7% at 0.01.
+    # 5,000 images (a run of this profile before the change, not kept as a result); a one-off 4-epoch probe on
+    # the same images gave 23.7% (2,000 test images) at 0.05 and 50.7% at 0.01 (see the issue-5 notes). At 0.01
+    # the dense run reaches 63.72% (data/results/thinet_vs_gradient/).
     # ThiNet: Algorithm 1, 1e-8 ridge; gradient method: s=1, epsilon=1e-4.
     "thinet_vs_gradient": {
         # 1 + 1 epochs on 256 / 256 images, one ratio, one seed: exercises every part.
