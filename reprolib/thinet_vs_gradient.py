@@ -13,7 +13,9 @@ experiment "thinet_vs_gradient". VGG-16 (CIFAR, BN) on CIFAR-10, ``epochs`` (20)
   per-layer keep counts on the same layers of the same dense network, no reconstruction, fine-tuned
   like ThiNet;
 * ``unpruned(profile, seed)``: the dense network trained for the remaining epochs like the pruned
-  ones, nothing removed: the accuracy the protocol reaches without pruning.
+  ones, nothing removed: the accuracy the protocol reaches without pruning;
+* ``latency(profile)``: the dense network and every pruned architecture timed round-robin in one run
+  (run it on a quiet CPU, after the others).
 
 Every pruned run records its test accuracy (fp32, all test images), the true params and FLOPs of the
 really smaller network (``counting.count``), and the CPU latency of the dense 15-epoch network and of
@@ -30,7 +32,7 @@ cached runs (``REPROLIB_CACHED_ONLY=1``, the book) needs the JSON files only. Pr
 Resumable: every run checkpoints after every epoch (``train.fit(checkpoint=...)``); a run whose
 network was shrunk before the kill rebuilds the shrunk shapes from its checkpoint (``resize_like``).
 
-    python -m reprolib.thinet_vs_gradient --profile budget      # runs (or reads) all of them
+    python -m reprolib.thinet_vs_gradient --profile budget      # runs (or reads) all of them, then ``latency``
 
 For stable latencies start Python with ``MALLOC_MMAP_THRESHOLD_=33554432
 MALLOC_TRIM_THRESHOLD_=17179869184`` (see ``reprolib.counting``).
@@ -103,21 +105,29 @@ def apply_keep(model: nn.Module, masks: dict[str, torch.Tensor]) -> nn.Module:
 
 
 @torch.no_grad()
+def resize_to(model: nn.Module, widths: dict[str, int]) -> nn.Module:
+    """Shrink the convs of ``model`` to the output ``widths`` (conv name -> filters), keeping the first
+    filters of each: the architecture of a pruned network, for a resume or for timing. In place."""
+    for name in conv_names(model):
+        if name not in widths:
+            raise ValueError(f"no width for {name!r}: the widths are not from a VGG-style network like this one")
+        width, now = int(widths[name]), model.get_submodule(name).out_channels
+        if width > now:
+            raise ValueError(f"{name} has {width} filters in the widths given but {now} in the model: "
+                             "it can only be shrunk")
+        if width < now:
+            remove_filters(model, name, torch.arange(width))
+    return model
+
+
 def resize_like(model: nn.Module, state: dict) -> nn.Module:
     """Shrink the convs of ``model`` to the output widths found in ``state`` (a state dict of a pruned
     copy), so that ``model.load_state_dict(state)`` fits: how a run resumes after its network was
     shrunk. Which filters are kept does not matter, the values come from ``state``. In place."""
-    for name in conv_names(model):
-        key = f"{name}.weight"
-        if key not in state:
-            raise ValueError(f"the state dict has no {key!r}: it is not from a VGG-style network like this one")
-        width, now = state[key].shape[0], model.get_submodule(name).out_channels
-        if width > now:
-            raise ValueError(f"{name} has {width} filters in the state dict but {now} in the model: "
-                             "resize_like only shrinks")
-        if width < now:
-            remove_filters(model, name, torch.arange(width))
-    return model
+    missing = [n for n in conv_names(model) if f"{n}.weight" not in state]
+    if missing:
+        raise ValueError(f"the state dict has no {missing[0]}.weight: it is not from a VGG-style network like this one")
+    return resize_to(model, {n: state[f"{n}.weight"].shape[0] for n in conv_names(model)})
 
 
 def state_sha256(state: dict) -> str:
@@ -431,6 +441,36 @@ def all_runs(profile: str | None = None) -> list[dict]:
     return out
 
 
+def latency(profile: str | None = None) -> dict:
+    """Median CPU latency of the dense VGG-16 and of every pruned architecture of the profile, timed
+    round-robin in one run (on a quiet CPU, unlike the runs' own measurements, which share the machine
+    with whatever trains beside them): ThiNet's structure at each r (the controls share it, and it does
+    not depend on the seed) and the gradient method's at each r and seed. Architectures are rebuilt from
+    the runs' recorded widths with fresh weights: the shapes decide the latency."""
+    p = _settings(profile)
+    recs = [rec for rec in all_runs(profile) if rec["config"]["part"] in ("thinet", "gradient")]
+    recs = [rec for rec in recs if rec["config"]["part"] == "gradient" or rec["config"]["seed"] == p["seeds"][0]]
+    nets = {f"{rec['config']['part']}/{rec['config']['r']}/{rec['config']['seed']}": rec["hash"] for rec in recs}
+    config = {"part": "latency", "profile": p["profile"], "model": p["model"], "nets": nets,
+              **{k: p[k] for k in ("latency_batches", "latency_repeats")}}
+
+    def fn(config, paths):
+        seed_everything(0)
+        models = {"dense": create(config["model"]).eval()}
+        for rec in recs:
+            label = f"{rec['config']['part']}/{rec['config']['r']}/{rec['config']['seed']}"
+            models[label] = resize_to(create(config["model"]), rec["channels"]).eval()
+        rows = {label: {"params": count(m, CIFAR)["params"], "flops": count(m, CIFAR)["flops"]}
+                for label, m in models.items()}
+        for b in tqdm(config["latency_batches"], desc="latency"):
+            t = latency_interleaved(models, (b, 3, 32, 32), repeats=config["latency_repeats"], warmup=3)
+            for label, v in t.items():
+                rows[label][f"ms_b{b}"] = v["median_ms"]
+            threads = t["dense"]["threads"]
+        return {"model": config["model"], "threads": threads, "rows": rows, "metrics": {"networks": len(rows)}}
+    return runs.run(EXPERIMENT, config, fn)
+
+
 def method_of(record: dict) -> str:
     c = record["config"]
     return c["criterion"] if c["part"] == "control" else c["part"]
@@ -458,3 +498,5 @@ if __name__ == "__main__":
         extra = f", params {m['params']:,}, FLOPs {m['flops']:,}" if "params" in m else ""
         print(f"{method_of(rec):9s} r={rec['config'].get('r', '-')!s:4s} seed {rec['config']['seed']}: "
               f"acc {m['test_acc']:.4f}{extra} ({rec['wall_time_s'] / 60:.1f} min) -> {rec['hash']}")
+    lat = latency(a.profile)
+    print(f"latency ({lat['threads']} thread(s)) -> {lat['hash']}")

@@ -74,7 +74,7 @@ def test_resize_like_rebuilds_a_shrunk_network_from_its_state():
     with torch.no_grad():
         assert torch.equal(fresh.eval()(x), small.eval()(x))
     assert tvg.state_sha256(fresh.state_dict()) == tvg.state_sha256(state) != tvg.state_sha256(vgg(1).state_dict())
-    with pytest.raises(ValueError, match="only shrinks"):
+    with pytest.raises(ValueError, match="only be shrunk"):
         tvg.resize_like(small, vgg(0).state_dict())
 
 
@@ -129,3 +129,12 @@ def test_runs_share_the_dense_network_and_resume(tiny_profile, monkeypatch):
     assert rnd["dense_weights_sha256"] == base["weights_sha256"]
     df = tvg.frame([base, th, l1, rnd, fresh])
     assert list(df["method"]) == ["dense", "thinet", "l1norm", "random", "gradient"]
+
+    # the quiet latency table rebuilds each pruned architecture from its recorded widths: same true counts
+    lat = tvg.latency(tiny_profile)
+    grad = tvg.gradient(tiny_profile, 0.3, 0)
+    assert set(lat["rows"]) == {"dense", "thinet/0.3/0", "gradient/0.3/0"}
+    for label, rec in (("dense", base), ("thinet/0.3/0", th), ("gradient/0.3/0", grad)):
+        assert (lat["rows"][label]["params"], lat["rows"][label]["flops"]) == \
+            (rec["metrics"]["params"], rec["metrics"]["flops"])
+        assert lat["rows"][label]["ms_b1"] > 0
