@@ -176,6 +176,19 @@ def latency_interleaved(models: dict[str, nn.Module], input_size: Sequence[int],
     return {name: _summary(t, input_size, used) for name, t in times.items()}
 
 
+def latency_table(models: dict[str, nn.Module], batches: Sequence[int], repeats: int, warmup: int = 2,
+                  image: Sequence[int] = (3, 32, 32)) -> tuple[dict[str, dict[str, float]], int]:
+    """``({name: {"ms_b<batch>": median ms}}, threads)``: ``latency_interleaved`` at each batch size."""
+    rows: dict[str, dict[str, float]] = {name: {} for name in models}
+    threads = torch.get_num_threads()
+    for b in batches:
+        t = latency_interleaved(models, (b, *image), repeats=repeats, warmup=warmup)
+        for name, v in t.items():
+            rows[name][f"ms_b{b}"] = v["median_ms"]
+        threads = t[next(iter(t))]["threads"]
+    return rows, threads
+
+
 def latency(model: nn.Module, input_size: Sequence[int], *, repeats: int = 20, warmup: int = 5,
             threads: int | None = None) -> dict:
     """Forward-pass latency of one model: ``{median_ms, p10_ms, p90_ms, batch_size, threads, repeats}``."""

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from . import baseline, criteria, data as data_mod, masks as masks_mod, profiles, runs, surgery
 from . import thinet_vs_gradient
-from .counting import count, latency_interleaved
+from .counting import count, latency_table
 from .train import evaluate, fit, seed_everything
 
 CIFAR = (1, 3, 32, 32)
@@ -377,12 +377,7 @@ def latency(profile: str | None = None) -> dict:
         for m, ks in config["layer_pruning"].items():
             for k in ks:
                 models[f"layers/{m}/{k}"] = without_blocks(model, removed_blocks(model, m, k))
-        rows = {label: {} for label in models}
-        for b in p["latency_batches"]:
-            t = latency_interleaved(models, (b, 3, 32, 32), repeats=p["latency_repeats"], warmup=2)
-            for label, v in t.items():
-                rows[label][f"ms_b{b}"] = v["median_ms"]
-            threads = t["dense"]["threads"]
+        rows, threads = latency_table(models, p["latency_batches"], p["latency_repeats"], warmup=2)
         return {"model": base["model"], "threads": threads, "rows": rows, "metrics": {"networks": len(rows)}}
     return runs.run(EXPERIMENT, config, fn)
 

@@ -52,7 +52,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import criteria, data as data_mod, profiles, runs
-from .counting import count, latency_interleaved
+from .counting import count, latency_interleaved, latency_table
 from .criteria import gradient_outlier as go
 from .criteria import thinet as thinet_mod
 from .criteria.vgg_surgery import conv_names, remove_filters
@@ -460,13 +460,9 @@ def latency(profile: str | None = None) -> dict:
         for rec in recs:
             label = f"{rec['config']['part']}/{rec['config']['r']}/{rec['config']['seed']}"
             models[label] = resize_to(create(config["model"]), rec["channels"]).eval()
-        rows = {label: {"params": count(m, CIFAR)["params"], "flops": count(m, CIFAR)["flops"]}
-                for label, m in models.items()}
-        for b in tqdm(config["latency_batches"], desc="latency"):
-            t = latency_interleaved(models, (b, 3, 32, 32), repeats=config["latency_repeats"], warmup=3)
-            for label, v in t.items():
-                rows[label][f"ms_b{b}"] = v["median_ms"]
-            threads = t["dense"]["threads"]
+        rows, threads = latency_table(models, config["latency_batches"], config["latency_repeats"], warmup=3)
+        for label, m in models.items():
+            rows[label].update(params=count(m, CIFAR)["params"], flops=count(m, CIFAR)["flops"])
         return {"model": config["model"], "threads": threads, "rows": rows, "metrics": {"networks": len(rows)}}
     return runs.run(EXPERIMENT, config, fn)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from reprolib.counting import count, latency, latency_interleaved
+from reprolib.counting import count, latency, latency_interleaved, latency_table
 from reprolib.models import create
 
 RESNET56_HRANK = (848_954, 125_485_706)  # HRank's Table: 0.85M params, 125.49M FLOPs, to the unit
@@ -149,3 +149,12 @@ def test_latency_interleaved_times_every_model():
     for r in out.values():
         assert 0 < r["p10_ms"] <= r["median_ms"] <= r["p90_ms"] and r["repeats"] == 3
         assert r["threads"] == torch.get_num_threads() and r["batch_size"] == 1
+
+
+def test_latency_table_has_one_median_per_model_and_batch():
+    small, big = _tiny(), nn.Sequential(nn.Conv2d(3, 256, 3), nn.Conv2d(256, 256, 3), nn.Flatten(), nn.Linear(256 * 4 * 4, 2))
+    rows, threads = latency_table({"small": small, "big": big}, [1, 16], repeats=3, warmup=1, image=(3, 8, 8))
+    assert set(rows) == {"small", "big"} and threads == torch.get_num_threads()
+    assert all(set(r) == {"ms_b1", "ms_b16"} for r in rows.values())
+    # 16 images through ~150x the multiply-adds: no scheduling noise makes that faster than one small pass
+    assert rows["big"]["ms_b16"] > rows["small"]["ms_b1"] > 0
