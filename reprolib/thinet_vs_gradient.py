@@ -473,13 +473,19 @@ def method_of(record: dict) -> str:
 
 
 def frame(records: list[dict]) -> pd.DataFrame:
-    """One row per run: method, r (NaN for dense / unpruned), seed, and the metrics."""
+    """One row per run: method, r (NaN for dense / unpruned), seed, the metrics, ``wall_time_s`` (of the
+    process that finished the run) and ``train_s``, the summed times of the epochs the run trained itself
+    (a resumed run included; runs that continue a dense network do not count its epochs; NaN when that
+    dense run is not among ``records``)."""
+    own_from = {rec["hash"]: len(rec["curves"]) for rec in records if rec["config"]["part"] == "dense"}
     rows = []
     for rec in records:
-        m = rec["metrics"]
-        rows.append({"method": method_of(rec), "r": rec["config"].get("r", float("nan")),
-                     "seed": rec["config"]["seed"], **{k: v for k, v in m.items()},
-                     "wall_time_s": rec["wall_time_s"], "hash": rec["hash"]})
+        m, c = rec["metrics"], rec["config"]
+        start = own_from.get(c.get("dense")) if c["part"] in ("thinet", "control", "unpruned") else 0
+        train_s = float("nan") if start is None else sum(e["seconds"] for e in rec.get("curves", [])[start:])
+        rows.append({"method": method_of(rec), "r": c.get("r", float("nan")), "seed": c["seed"],
+                     **{k: v for k, v in m.items()}, "wall_time_s": rec["wall_time_s"], "train_s": train_s,
+                     "hash": rec["hash"]})
     return pd.DataFrame(rows)
 
 

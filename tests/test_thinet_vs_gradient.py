@@ -129,6 +129,10 @@ def test_runs_share_the_dense_network_and_resume(tiny_profile, monkeypatch):
     assert rnd["dense_weights_sha256"] == base["weights_sha256"]
     df = tvg.frame([base, th, l1, rnd, fresh])
     assert list(df["method"]) == ["dense", "thinet", "l1norm", "random", "gradient"]
+    # training time counts a run's own epochs only: the dense run's are not counted again in ThiNet's
+    assert df.loc[1, "train_s"] == sum(e["seconds"] for e in th["curves"][1:]) < df.loc[1, "train_s"] + df.loc[0, "train_s"]
+    assert df.loc[4, "train_s"] == sum(e["seconds"] for e in fresh["curves"])
+    assert tvg.frame([th])["train_s"].isna().all()
 
     # the quiet latency table rebuilds each pruned architecture from its recorded widths: same true counts
     lat = tvg.latency(tiny_profile)
