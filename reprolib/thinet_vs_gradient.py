@@ -448,21 +448,20 @@ def latency(profile: str | None = None) -> dict:
     not depend on the seed) and the gradient method's at each r and seed. Architectures are rebuilt from
     the runs' recorded widths with fresh weights: the shapes decide the latency."""
     p = _settings(profile)
-    recs = [rec for rec in all_runs(profile) if rec["config"]["part"] in ("thinet", "gradient")]
-    recs = [rec for rec in recs if rec["config"]["part"] == "gradient" or rec["config"]["seed"] == p["seeds"][0]]
-    nets = {f"{rec['config']['part']}/{rec['config']['r']}/{rec['config']['seed']}": rec["hash"] for rec in recs}
-    config = {"part": "latency", "profile": p["profile"], "model": p["model"], "nets": nets,
+    recs = {f"{c['part']}/{c['r']}/{c['seed']}": rec for rec in all_runs(profile) if (c := rec["config"])["part"]
+            == "gradient" or (c["part"] == "thinet" and c["seed"] == p["seeds"][0])}
+    config = {"part": "latency", "profile": p["profile"], "model": p["model"],
+              "nets": {label: rec["hash"] for label, rec in recs.items()},
               **{k: p[k] for k in ("latency_batches", "latency_repeats")}}
 
     def fn(config, paths):
         seed_everything(0)
-        models = {"dense": create(config["model"]).eval()}
-        for rec in recs:
-            label = f"{rec['config']['part']}/{rec['config']['r']}/{rec['config']['seed']}"
-            models[label] = resize_to(create(config["model"]), rec["channels"]).eval()
+        models = {"dense": create(config["model"]).eval(),
+                  **{label: resize_to(create(config["model"]), rec["channels"]).eval() for label, rec in recs.items()}}
         rows, threads = latency_table(models, config["latency_batches"], config["latency_repeats"], warmup=3)
         for label, m in models.items():
-            rows[label].update(params=count(m, CIFAR)["params"], flops=count(m, CIFAR)["flops"])
+            c = count(m, CIFAR)
+            rows[label].update(params=c["params"], flops=c["flops"])
         return {"model": config["model"], "threads": threads, "rows": rows, "metrics": {"networks": len(rows)}}
     return runs.run(EXPERIMENT, config, fn)
 
