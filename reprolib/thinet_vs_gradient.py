@@ -64,7 +64,7 @@ CIFAR = (1, 3, 32, 32)
 CONTROLS = ("l1norm", "random")
 METHODS = ("thinet", "gradient") + CONTROLS
 LABELS = {"thinet": "ThiNet", "gradient": "gradient (document)", "l1norm": "L1-norm", "random": "random",
-          "dense": "dense", "unpruned": "unpruned"}
+          "dense": "dense", "unpruned": "unpruned", "gradient_until_r": "gradient, rounds until r"}
 _OPT_KEYS = ("momentum", "nesterov", "weight_decay")
 
 
@@ -386,11 +386,17 @@ def _train_gradient(config: dict, paths: dict, d) -> tuple[nn.Module, list[dict]
             _fresh_optimizer_checkpoint(model, tr, stop.epoch, stop.history, ckpt)
 
 
-def gradient(profile: str | None = None, r: float = 0.5, seed: int = 0) -> dict:
-    """The document's gradient-outlier pruning during training to parameter share ``r``."""
+def gradient(profile: str | None = None, r: float = 0.5, seed: int = 0, until_r: bool = False) -> dict:
+    """The document's gradient-outlier pruning during training to parameter share ``r``: one scoring
+    round per pruning event (the profile's ``gradient.max_rounds``), so a run can end above r. With
+    ``until_r``, the other reading of "we pruned the network until the model is compressed with the
+    given ratio": each event repeats rounds (up to ``gradient_until_r.max_rounds``) until r is reached."""
     p = _settings(profile)
     base = dense(p["profile"], _check_seed(seed))
-    config = _pruned_config(p, "gradient", base, r, seed, prune_every=p["prune_every"], gradient=p["gradient"],
+    part, g = "gradient", p["gradient"]
+    if until_r:
+        part, g = "gradient_until_r", {**g, "max_rounds": p["gradient_until_r"]["max_rounds"]}
+    config = _pruned_config(p, part, base, r, seed, prune_every=p["prune_every"], gradient=g,
                             **{k: p[k] for k in ("model", "dataset", "n_train", "n_test", "epochs", "train")})
 
     def fn(config, paths):
@@ -413,8 +419,9 @@ def plan(profile: str | None = None) -> dict:
     networks train faster)."""
     p = _settings(profile)
     n_r, n_s, E, P = len(p["rates"]), len(p["seeds"]), p["epochs"], p["pre_epochs"]
-    per_seed = P + (E - P) + n_r * ((1 + len(CONTROLS)) * (E - P) + E)
-    return {"runs": n_s * (2 + n_r * len(METHODS)), "pruned_runs": n_s * n_r * len(METHODS),
+    n_u = len(p["gradient_until_r"]["rates"])  # the "until r" variant of the gradient method
+    per_seed = P + (E - P) + n_r * ((1 + len(CONTROLS)) * (E - P) + E) + n_u * E
+    return {"runs": n_s * (2 + n_r * len(METHODS) + n_u), "pruned_runs": n_s * (n_r * len(METHODS) + n_u),
             "dense_epochs_upper_bound": n_s * per_seed, "n_train": p["n_train"], "n_test": p["n_test"]}
 
 
@@ -439,6 +446,14 @@ def all_runs(profile: str | None = None) -> list[dict]:
         else:
             out.append(control(p["profile"], m, r, s))
     return out
+
+
+def until_r_runs(profile: str | None = None) -> list[dict]:
+    """The gradient method with rounds repeated until r, at the profile's ``gradient_until_r.rates``
+    (those where one round per event fell short), every seed."""
+    p = _settings(profile)
+    todo = [(r, s) for r in p["gradient_until_r"]["rates"] for s in p["seeds"]]
+    return [gradient(p["profile"], r, s, until_r=True) for r, s in tqdm(todo, desc="gradient until r")]
 
 
 def latency(profile: str | None = None) -> dict:
@@ -494,7 +509,7 @@ if __name__ == "__main__":
     pl = plan(a.profile)
     print(f"{pl['runs']} runs, at most {pl['dense_epochs_upper_bound']} dense VGG-16 epochs on "
           f"{pl['n_train'] or 'all'} training images")
-    for rec in all_runs(a.profile):
+    for rec in all_runs(a.profile) + until_r_runs(a.profile):
         m = rec["metrics"]
         extra = f", params {m['params']:,}, FLOPs {m['flops']:,}" if "params" in m else ""
         print(f"{method_of(rec):9s} r={rec['config'].get('r', '-')!s:4s} seed {rec['config']['seed']}: "

@@ -20,6 +20,7 @@ TINY_PROFILE = dict(model="vgg16", dataset="synthetic", n_train=64, n_test=32, e
                                bf16=False, channels_last=False),
                     thinet=dict(method="document", n_samples=200, samples_per_image=10, ridge=1e-8, batch_size=32),
                     gradient=dict(s=1.0, epsilon=1e-4, n_batches=2, max_rounds=1),
+                    gradient_until_r=dict(rates=[0.3], max_rounds=10),
                     latency_batches=[1], latency_repeats=1)
 
 
@@ -142,3 +143,13 @@ def test_runs_share_the_dense_network_and_resume(tiny_profile, monkeypatch):
         assert (lat["rows"][label]["params"], lat["rows"][label]["flops"]) == \
             (rec["metrics"]["params"], rec["metrics"]["flops"])
         assert lat["rows"][label]["ms_b1"] > 0
+
+    # the "until r" reading repeats rounds within an event: a run of its own, pruned further, at r at last
+    [until] = tvg.until_r_runs(tiny_profile)
+    assert until["hash"] != grad["hash"] and tvg.method_of(until) == "gradient_until_r"
+    assert until["config"]["gradient"]["max_rounds"] == 10 and grad["config"]["gradient"]["max_rounds"] == 1
+    [ev1], [ev] = grad["pruning_events"], until["pruning_events"]
+    assert ev1["rounds"] == 1 and ev1["ratio"] > 0.3     # one round falls short of r here
+    assert ev["rounds"] > 1 and ev["ratio"] <= 0.3 and until["metrics"]["params"] < grad["metrics"]["params"]
+    assert tvg.latency(tiny_profile)["hash"] == lat["hash"]  # the variant stays out of the main table
+    assert tvg.plan(tiny_profile)["runs"] == len(tvg.all_runs(tiny_profile)) + 1
