@@ -97,8 +97,8 @@ _PRESETS = {
         # The document's 15 + 5 epochs and pruning every 5 epochs, on the first 5,000 training images (a
         # tenth: 20 epochs cost 2 full-data epochs), all 10,000 test images, 2 seeds, bf16 autocast. Measured
         # with two 1-thread workers: 80-110 s an epoch (the per-epoch test pass over 10,000 images is about a
-        # third of it), pruned networks barely faster; about 310 epochs in all, so about 4.5 h on 2 cores,
-        # over two sessions (runs resume from their checkpoints).
+        # third of it), pruned networks barely faster; the 36 main runs summed 5.7 h of epoch times (the
+        # chapter prints it), about 3 h on 2 cores over two sessions (runs resume from their checkpoints).
         "budget": dict(model="vgg16", dataset="cifar10", n_train=5000, n_test=None, epochs=20, pre_epochs=15,
                        prune_every=5, rates=[0.8, 0.6, 0.4, 0.2], seeds=[0, 1],
                        train=dict(lr=0.01, batch_size=128, momentum=0.9, nesterov=True, weight_decay=5e-4,

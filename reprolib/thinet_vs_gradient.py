@@ -463,8 +463,11 @@ def latency(profile: str | None = None) -> dict:
     not depend on the seed) and the gradient method's at each r and seed. Architectures are rebuilt from
     the runs' recorded widths with fresh weights: the shapes decide the latency."""
     p = _settings(profile)
-    recs = {f"{c['part']}/{c['r']}/{c['seed']}": rec for rec in all_runs(profile) if (c := rec["config"])["part"]
-            == "gradient" or (c["part"] == "thinet" and c["seed"] == p["seeds"][0])}
+    recs = {}  # label part/r/seed -> run
+    for rec in all_runs(profile):
+        c = rec["config"]
+        if c["part"] == "gradient" or (c["part"] == "thinet" and c["seed"] == p["seeds"][0]):
+            recs[f"{c['part']}/{c['r']}/{c['seed']}"] = rec
     config = {"part": "latency", "profile": p["profile"], "model": p["model"],
               "nets": {label: rec["hash"] for label, rec in recs.items()},
               **{k: p[k] for k in ("latency_batches", "latency_repeats")}}
