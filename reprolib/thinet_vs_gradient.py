@@ -460,13 +460,14 @@ def latency(profile: str | None = None) -> dict:
     """Median CPU latency of the dense VGG-16 and of every pruned architecture of the profile, timed
     round-robin in one run (on a quiet CPU, unlike the runs' own measurements, which share the machine
     with whatever trains beside them): ThiNet's structure at each r (the controls share it, and it does
-    not depend on the seed) and the gradient method's at each r and seed. Architectures are rebuilt from
-    the runs' recorded widths with fresh weights: the shapes decide the latency."""
+    not depend on the seed) and the gradient method's at each r and seed, both readings (one round per
+    event, and rounds until r). Architectures are rebuilt from the runs' recorded widths with fresh
+    weights: the shapes decide the latency."""
     p = _settings(profile)
     recs = {}  # label part/r/seed -> run
-    for rec in all_runs(profile):
+    for rec in all_runs(profile) + until_r_runs(profile):
         c = rec["config"]
-        if c["part"] == "gradient" or (c["part"] == "thinet" and c["seed"] == p["seeds"][0]):
+        if c["part"] in ("gradient", "gradient_until_r") or (c["part"] == "thinet" and c["seed"] == p["seeds"][0]):
             recs[f"{c['part']}/{c['r']}/{c['seed']}"] = rec
     config = {"part": "latency", "profile": p["profile"], "model": p["model"],
               "nets": {label: rec["hash"] for label, rec in recs.items()},
