@@ -23,7 +23,8 @@ import time
 
 import torch
 
-from reprolib import baseline, data as data_mod, profiles, runs, structural
+from reprolib import data as data_mod, profiles, runs
+from reprolib.experiments import baseline, structural
 from reprolib.counting import latency_interleaved
 from reprolib.models import create
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from reprolib import criteria, data, surgery, train
-from reprolib import criteria_benchmark as cb
+from reprolib.experiments import criteria_benchmark as cb
 from reprolib.counting import count
 from reprolib.masks import conv_layers
 from reprolib.models import create

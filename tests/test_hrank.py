@@ -1,7 +1,8 @@
 """The HRank experiment's helpers: the middle-group sweep and the control masks."""
 import torch
 
-from reprolib import hrank, masks as masks_mod, spec
+from reprolib import masks as masks_mod, spec
+from reprolib.experiments import hrank
 from reprolib.models import create
 
 

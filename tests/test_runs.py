@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from reprolib import baseline, profiles, runs
+from reprolib import profiles, runs
+from reprolib.experiments import baseline
 
 
 def test_hash_ignores_key_order_but_not_values():

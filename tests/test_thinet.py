@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from reprolib import criteria, train
 from reprolib.criteria import gradient_outlier as go
-from reprolib.criteria import thinet, vgg_surgery
+from reprolib.criteria import thinet
+from reprolib.surgery import vgg as vgg_surgery
 from reprolib.data import synthetic_cifar10
 from reprolib.models import create
 from reprolib.models.vgg import VGG

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from reprolib import profiles, runs
-from reprolib import thinet_vs_gradient as tvg
+from reprolib.experiments import thinet_vs_gradient as tvg
 from reprolib.counting import count
-from reprolib.criteria import thinet, vgg_surgery
+from reprolib.criteria import thinet
+from reprolib.surgery import vgg as vgg_surgery
 from reprolib.models import create
 
 TINY_PROFILE = dict(model="vgg16", dataset="synthetic", n_train=64, n_test=32, epochs=2, pre_epochs=1,
@@ -26,7 +27,7 @@ TINY_PROFILE = dict(model="vgg16", dataset="synthetic", n_train=64, n_test=32, e
 
 @pytest.fixture
 def tiny_profile(monkeypatch):
-    monkeypatch.setitem(profiles._PRESETS["thinet_vs_gradient"], "smoke", copy.deepcopy(TINY_PROFILE))
+    monkeypatch.setitem(tvg.PRESETS, "smoke", copy.deepcopy(TINY_PROFILE))
     return "smoke"
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from reprolib import data, masks as masks_mod, train
-from reprolib import weight_pruning as wp
+from reprolib.experiments import weight_pruning as wp
 from reprolib.models import create
 
 

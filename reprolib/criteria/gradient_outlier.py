@@ -14,7 +14,7 @@ filters with unusually large gradients, batch after batch, are the irrelevant on
 3. ``select_prune``: per layer, filters whose score is above the layer's mean + s * std of the
    scores are pruned, layer after layer, filter after filter, while the model's remaining
    parameters / initial parameters is still above ``r``.
-4. ``prune_step``: removes them for real (``vgg_surgery.remove_filters``; the last conv layer
+4. ``prune_step``: removes them for real (``surgery.vgg.remove_filters``; the last conv layer
    included, its Linear consumer shrinks) and adds ``epsilon`` to the weights of the surviving filters.
 
 ``train_with_pruning`` runs ``reprolib.train.fit`` with this done every ``prune_every`` epochs and
@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import register, replayable
-from .vgg_surgery import conv_names, param_count, remove_filters
+from ..surgery.vgg import conv_names, param_count, remove_filters
 
 
 # --------------------------------------------------------------------------- scoring

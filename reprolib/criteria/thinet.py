@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import replayable
-from .vgg_surgery import conv_names, remove_filters
+from ..surgery.vgg import conv_names, remove_filters
 
 RIDGE = 1e-8  # the document's regulariser
 
@@ -81,7 +81,7 @@ def _check_pair(model: nn.Module, layer_i: str, layer_next: str) -> list[str]:
     if k == len(names) - 1:
         raise ValueError(f"{layer_i} is the last conv layer: ThiNet needs a following conv layer and does not "
                          "prune it (the document's stated limitation); use "
-                         "reprolib.criteria.vgg_surgery.remove_filters to remove its filters without reconstruction")
+                         "reprolib.surgery.vgg.remove_filters to remove its filters without reconstruction")
     if layer_next != names[k + 1]:
         raise ValueError(f"layer_next={layer_next!r} must be the conv layer right after {layer_i}: {names[k + 1]!r}")
     return names

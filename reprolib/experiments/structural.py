@@ -1,0 +1,204 @@
+"""The structural-vs-nominal experiments (Tessier et al. 2022), each a cached run of experiment
+"structural":
+
+* ``slimming(profile, rate)``: network slimming of the ResNet-56 baseline to ``rate`` of its filters
+  removed (3 iterations, fine-tuning), then ``shrink``: accuracy and nominal vs actual pruning rate;
+* ``sweep(profile)``: structure only (no fine-tuning), L1-norm masks at uniform and global rates, on
+  the ResNet-56 baseline and a randomly initialised torchvision ResNet-50;
+* ``hrank_lens(profile)``: the HRank study's Table 1 specs (masks from HRank's rank criterion):
+  params and FLOPs as HRank counts them vs what the shrunk network has, and measured CPU latency of
+  the dense, masked and shrunk networks.
+
+    python -m reprolib.experiments.structural --profile budget     # runs (or reads) all of them
+"""
+from __future__ import annotations
+
+import json
+
+import torch
+from tqdm import tqdm
+
+from .. import criteria, data as data_mod, masks as masks_mod, profiles, runs, slimming as slim, spec, surgery
+from . import baseline
+from ..counting import count, latency_interleaved
+from ..models import create
+from ..train import evaluate, seed_everything
+
+
+# Structural vs nominal pruning ratio (Tessier et al. 2022): network slimming of the baseline,
+# structure-only sweeps of ResNet-56 and ResNet-50, and HRank's specs through the same lens.
+PRESETS = {
+    "smoke": dict(baseline="smoke", rates=[0.3, 0.6], iterations=3, lam=1e-5, n_train=512, n_test=512,
+                  finetune=dict(epochs=1, lr=0.01, schedule="cosine", batch_size=128, momentum=0.9,
+                                nesterov=True, weight_decay=5e-4, bf16=True, channels_last=True, seed=0),
+                  sweep_rates=[0.3, 0.6], resnet50_size=32, hrank_weights="random", hrank_batches=1,
+                  rank_batch=32, latency_batches=[1, 8], latency_repeats=2),
+    # One epoch of fine-tuning per iteration on the first 10,000 training images (the document: 10 epochs
+    # on ImageNet), four target rates; all 10,000 test images.
+    "budget": dict(baseline="budget", rates=[0.2, 0.4, 0.6, 0.8], iterations=3, lam=1e-5, n_train=10000,
+                   n_test=None, finetune=dict(epochs=1, lr=0.01, schedule="cosine", batch_size=128,
+                                              momentum=0.9, nesterov=True, weight_decay=5e-4, bf16=True,
+                                              channels_last=True, seed=0),
+                   sweep_rates=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], resnet50_size=64,
+                   hrank_weights="baseline", hrank_batches=5, rank_batch=128, latency_batches=[1, 128],
+                   latency_repeats=15),
+    # Section 4.1: 3 iterations, 10 epochs of fine-tuning after each (ResNet-50), lr 0.01, wd 1e-4.
+    "paper": dict(baseline="paper", rates=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], iterations=3,
+                  lam=1e-5, n_train=None, n_test=None,
+                  finetune=dict(epochs=10, lr=0.01, schedule="cosine", batch_size=128, momentum=0.9,
+                                nesterov=False, weight_decay=1e-4, bf16=False, channels_last=False, seed=0),
+                  sweep_rates=[0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], resnet50_size=224,
+                  hrank_weights="baseline", hrank_batches=5, rank_batch=128, latency_batches=[1, 128],
+                  latency_repeats=30),
+}
+
+CIFAR = (1, 3, 32, 32)
+
+
+def _baseline(profile: str):
+    rec = baseline.run(profile)
+    return baseline.load_model(rec), rec
+
+
+def rates_of(model, masks: dict, small, input_size=CIFAR) -> dict:
+    """Nominal (share of filters removed by the masks) vs actual (share of parameters / FLOPs gone from
+    the shrunk network, true convention) pruning rates, and the counts behind them."""
+    dense, shrunk = count(model, input_size), count(small, input_size)
+    filters = sum(len(k) for k in masks.values())
+    removed = sum(int((~k).sum()) for k in masks.values())
+    return {"filters": filters, "filters_removed": removed, "nominal_rate": removed / filters,
+            "params_dense": dense["params"], "params_shrunk": shrunk["params"],
+            "flops_dense": dense["flops"], "flops_shrunk": shrunk["flops"],
+            "actual_rate": 1 - shrunk["params"] / dense["params"],
+            "actual_flops_rate": 1 - shrunk["flops"] / dense["flops"]}
+
+
+# --------------------------------------------------------------------------- network slimming
+
+def slimming(profile: str | None = None, rate: float = 0.5) -> dict:
+    p = profiles.get("structural", profile)
+    model, base = _baseline(p["baseline"])
+    config = {"part": "slimming", "profile": p["profile"], "baseline": base["hash"], "model": base["model"],
+              "rate": rate, **{k: p[k] for k in ("iterations", "lam", "n_train", "n_test", "finetune")}}
+
+    def fn(config, paths):
+        d = data_mod.load(base["config"]["dataset"]).subset(config["n_train"], config["n_test"])
+        seed_everything(config["finetune"]["seed"])
+        masks, history = slim.prune(model, d, rate, iterations=config["iterations"], lam=config["lam"],
+                                    checkpoint_prefix=paths["checkpoint"].with_suffix(""), **config["finetune"])
+        out = {"masked": evaluate(model, d.test_x, d.test_y)["acc"]}
+        small = surgery.shrink(model, masks)
+        out["shrunk"] = evaluate(small, d.test_x, d.test_y)["acc"]
+        literal = surgery.shrink(model, masks, exact=False)  # the document's Algorithm 1 as printed
+        out["shrunk_literal"] = evaluate(literal, d.test_x, d.test_y)["acc"]
+        for ckpt in paths["checkpoint"].parent.glob(paths["checkpoint"].stem + "-it*.pt"):
+            ckpt.unlink()
+        return {**d.describe(), "model": config["model"],
+                "metrics": {"test_acc_masked": out["masked"], "test_acc_shrunk": out["shrunk"],
+                            "test_acc_shrunk_literal": out["shrunk_literal"], "baseline_test_acc": base["metrics"]["test_acc"],
+                            **rates_of(model, masks, small),
+                            "actual_rate_literal": 1 - count(literal, CIFAR)["params"] / count(model, CIFAR)["params"]},
+                "curves": [dict(c, iteration=h["iteration"], target=h["rate"]) for h in history for c in h["curves"]]}
+    return runs.run("structural", config, fn)
+
+
+# --------------------------------------------------------------------------- structure-only sweeps
+
+def sweep(profile: str | None = None) -> dict:
+    p = profiles.get("structural", profile)
+    model56, base = _baseline(p["baseline"])
+    config = {"part": "sweep", "profile": p["profile"], "baseline": base["hash"], "rates": p["sweep_rates"],
+              "resnet50_size": p["resnet50_size"], "seed": 0}
+
+    def fn(config, paths):
+        torch.manual_seed(config["seed"])
+        model50 = create("resnet50").eval()
+        size50 = (1, 3, config["resnet50_size"], config["resnet50_size"])
+        nets = [(base["model"], model56, CIFAR, "trained baseline"), ("resnet50", model50, size50, "random init")]
+        rows = []
+        for name, model, size, weights in nets:
+            convs = masks_mod.conv_layers(model)
+            l1 = criteria.get("l1norm")(model, convs)
+            for scope in ("local", "global"):
+                for rate in tqdm(config["rates"], desc=f"{name} {scope}", leave=False):
+                    m = masks_mod.from_scores(l1, rate, scope=scope)
+                    small = surgery.shrink(model, m, size)
+                    rows.append({"model": name, "weights": weights, "scope": scope, "rate": rate,
+                                 "input_size": list(size), **rates_of(model, m, small, size)})
+        return {"model": "resnet56+resnet50", "metrics": {"rows": len(rows)}, "rows": rows}
+    return runs.run("structural", config, fn)
+
+
+# --------------------------------------------------------------------------- HRank through the lens
+
+def hrank_masks(model, images: torch.Tensor, rates: list[float], batch: int, n_batches: int) -> dict:
+    """HRank's masks: the rank criterion over ``n_batches`` batches of ``images`` (uint8, no
+    augmentation), the per-layer ``rates`` of a spec (local rule: int(C * r) filters pruned)."""
+    convs = masks_mod.conv_layers(model)
+    batches = data_mod.batches(images, torch.zeros(len(images), dtype=torch.long), batch)
+    ranks = criteria.get("hrank")(model, convs, batches, n_batches=n_batches)
+    return masks_mod.from_scores(ranks, dict(zip(convs, rates)), scope="local")
+
+
+def lens_rows(model, images, p: dict, *, latency: bool = True) -> list[dict]:
+    """Per Table 1 spec: HRank-convention counts, true counts of the shrunk network, latencies."""
+    convs = masks_mod.conv_layers(model)
+    rows = []
+    for row, s in tqdm(spec.table1().items(), desc="HRank specs", leave=False):
+        rates = spec.parse(s, n_layers=len(convs))
+        masks = hrank_masks(model, images, rates, p["rank_batch"], p["hrank_batches"])
+        small = surgery.shrink(model, masks)
+        hr = count(model, CIFAR, convention="hrank", rates=rates)
+        rec = {"row": row, "spec": spec.format(rates), "params_hrank": hr["params"], "flops_hrank": hr["flops"],
+               **rates_of(model, masks, small)}
+        masked = surgery.apply_masks(model, masks)
+        with torch.no_grad():
+            x = data_mod.normalize(images[:64])
+            rec["max_abs_diff_shrunk_vs_masked"] = (small.eval()(x) - masked.eval()(x)).abs().max().item()
+        if latency:
+            nets = {"dense": model, "masked": masked, "shrunk": small}
+            for b in p["latency_batches"]:
+                t = latency_interleaved(nets, (b, 3, 32, 32), repeats=p["latency_repeats"], warmup=3)
+                for k, v in t.items():
+                    rec[f"ms_{k}_b{b}"] = v["median_ms"]
+                rec["threads"] = t["dense"]["threads"]
+        rows.append(rec)
+    return rows
+
+
+def hrank_lens(profile: str | None = None) -> dict:
+    p = profiles.get("structural", profile)
+    keys = ("hrank_weights", "hrank_batches", "rank_batch", "latency_batches", "latency_repeats")
+    if p["hrank_weights"] == "baseline":
+        model, base = _baseline(p["baseline"])
+        weights = base["hash"]
+    else:
+        torch.manual_seed(0)
+        model, weights = create("resnet56").eval(), "random-init seed 0"
+    config = {"part": "hrank_lens", "profile": p["profile"], "weights": weights, **{k: p[k] for k in keys}}
+
+    def fn(config, paths):
+        d = data_mod.load("cifar10")
+        rows = lens_rows(model.eval(), d.train_x[: p["rank_batch"] * p["hrank_batches"]], p)
+        return {"model": "resnet56", "dataset": d.copy, "metrics": {"rows": len(rows)}, "rows": rows}
+    return runs.run("structural", config, fn)
+
+
+def bench_results() -> dict | None:
+    """The latest ``make bench`` shrink-latency results (``data/results/bench/shrink_latency.json``), or None."""
+    path = runs.results_dir() / "bench" / "shrink_latency.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+if __name__ == "__main__":
+    ap = profiles.cli_parser(__doc__)
+    ap.add_argument("--part", default="all", choices=["all", "slimming", "sweep", "hrank_lens"])
+    a = ap.parse_args()
+    if a.part in ("all", "sweep"):
+        print("sweep:", sweep(a.profile)["hash"])
+    if a.part in ("all", "hrank_lens"):
+        print("hrank_lens:", hrank_lens(a.profile)["hash"])
+    if a.part in ("all", "slimming"):
+        for r in profiles.get("structural", a.profile)["rates"]:
+            rec = slimming(a.profile, r)
+            print(f"slimming {r}: acc {rec['metrics']['test_acc_shrunk']:.4f}, actual rate {rec['metrics']['actual_rate']:.3f}")
