@@ -40,6 +40,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import device as devices
+
 CONVENTIONS = ("true", "hrank")
 
 
@@ -127,16 +129,17 @@ def count(model: nn.Module, input_size: Sequence[int], convention: str = "true",
 # ----------------------------------------------------------------------------- latency
 
 def _forward_timer(model: nn.Module, input_size: Sequence[int]):
-    """A function that runs one forward pass of ``model`` on a fixed random input and returns its seconds."""
-    p = next(model.parameters(), None)
-    x = torch.randn(tuple(input_size), device=p.device if p is not None else "cpu")
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    """A function that runs one forward pass of ``model`` on a fixed random input (on the model's device)
+    and returns its seconds. On CUDA, whose kernels run asynchronously, the clock reads come after
+    synchronising with the device: queued work first, then the pass itself."""
+    dev = devices.of(model)
+    x = torch.randn(tuple(input_size), device=dev)
 
     def run() -> float:
-        sync()
+        devices.synchronize(dev)
         t0 = time.perf_counter()
         model(x)
-        sync()
+        devices.synchronize(dev)
         return time.perf_counter() - t0
     return run
 

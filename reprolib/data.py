@@ -17,11 +17,12 @@ are scaled to [0, 1] and not augmented (the LeNet recipe); CIFAR-10's path is un
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import os
 import shutil
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -54,6 +55,17 @@ class Cifar10:
     test_x: torch.Tensor
     test_y: torch.Tensor
     copy: str  # "cifar10-official" | "cifar10-jpeg" | "synthetic"
+    _copies: dict = field(default_factory=dict, repr=False, compare=False)  # device -> this data there
+
+    def to(self, device) -> "Cifar10":
+        """These images and labels on ``device``: copied there at the first call, the same copy after."""
+        device = torch.device(device)
+        tensors = (self.train_x, self.train_y, self.test_x, self.test_y)
+        if all(t.device == device for t in tensors):
+            return self
+        if str(device) not in self._copies:
+            self._copies[str(device)] = Cifar10(*(t.to(device) for t in tensors), self.copy)
+        return self._copies[str(device)]
 
     def subset(self, n_train: int | None, n_test: int | None) -> "Cifar10":
         """The first n images of each split (the official order), for smoke runs."""
@@ -190,7 +202,9 @@ def load_cifar10(download: bool = True) -> Cifar10:
 
 
 def _decoded(copy: str, path: Path, decode) -> dict:
-    """``decode()`` of the source at ``path``, cached in ``<cache_dir>/<copy>-<id>.pt`` (written atomically)."""
+    """``decode()`` of the source at ``path``, cached in ``<cache_dir>/<copy>-<id>.pt`` (written atomically).
+    Called only once the source itself was found (the id is its path's hash): a source hidden by the
+    environment variables is never read back from this cache."""
     cache = cache_dir() / f"{copy}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}.pt"
     if cache.exists():
         return torch.load(cache, weights_only=True)
@@ -248,11 +262,18 @@ def _grey_folder(folder: Path) -> bool:
 
 
 def _resolve_grey(name: str, download: bool) -> Path:
-    """The folder holding the four idx files of ``name``, or a DataError listing where we looked."""
+    """The folder holding the four idx files of ``name``, or a DataError listing where we looked.
+    A set ``$REPROLIB_MNIST`` / ``$REPROLIB_FASHION_MNIST`` is the only place searched (as ``$REPROLIB_DATA``
+    is for CIFAR-10): an environment can hide the data, e.g. to prove that a chapter renders from its results."""
     env_var, cls = GREY[name]
-    looked, candidates = [], []
+    files = ", ".join(s for pair in IDX_FILES.values() for s in pair)
     if os.environ.get(env_var):
-        candidates.append((f"${env_var}", Path(os.environ[env_var]).expanduser()))
+        folder = Path(os.environ[env_var]).expanduser()
+        if _grey_folder(folder):
+            return folder
+        raise DataError(f"{env_var}={folder} does not hold the {name} idx files ({files}, plain or .gz); when "
+                        f"{env_var} is set it is the only place searched. Point it at such a folder, or unset it.")
+    looked, candidates = [], []
     if name == "fashion-mnist":
         candidates.append(("Debian package dataset-fashion-mnist", DEBIAN_FASHION_MNIST))
     raw = cache_dir() / cls.__name__ / "raw"  # torchvision's download layout
@@ -269,14 +290,14 @@ def _resolve_grey(name: str, download: bool) -> Path:
             looked.append(f"download ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
     debian = " `apt-get install dataset-fashion-mnist` (Debian), or" if name == "fashion-mnist" else ""
     raise DataError(f"{name} not found. Looked in: " + "; ".join(looked) + f". Fix:{debian} set {env_var} to a "
-                    f"folder holding {', '.join(s for pair in IDX_FILES.values() for s in pair)} (plain or .gz), "
+                    f"folder holding {files} (plain or .gz), "
                     "or run on a machine with internet (torchvision download).")
 
 
 def load_grey(name: str, download: bool = True) -> Cifar10:
     """MNIST or Fashion-MNIST (``name``) as uint8 [N, 1, 28, 28] tensors in the CIFAR container
-    (``copy`` is ``name``), read from the idx files: ``$REPROLIB_MNIST`` / ``$REPROLIB_FASHION_MNIST``,
-    Debian's ``/usr/share/datasets/fashion-mnist``, or torchvision's download folder in the cache."""
+    (``copy`` is ``name``), read from the idx files: ``$REPROLIB_MNIST`` / ``$REPROLIB_FASHION_MNIST`` (only
+    there when set), else Debian's ``/usr/share/datasets/fashion-mnist``, or torchvision's download folder in the cache."""
     if name not in GREY:
         raise ValueError(f"unknown grey dataset {name!r}: choose {' or '.join(map(repr, GREY))}")
     folder = _resolve_grey(name, download)
@@ -307,34 +328,51 @@ def load(name: str, **kw) -> Cifar10:
 
 # --------------------------------------------------------------------------- batches
 
+@functools.cache
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """HRank's mean and std as [1, 3, 1, 1] tensors on ``device``, made once (no copy per batch); ordinary
+    tensors even when first asked for under ``torch.inference_mode``."""
+    with torch.inference_mode(False):
+        return torch.tensor(MEAN, device=device).view(1, 3, 1, 1), torch.tensor(STD, device=device).view(1, 3, 1, 1)
+
+
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """uint8 [B,3,H,W] -> float, normalised with the HRank mean/std; grey [B,1,H,W] -> float in [0, 1]."""
     if x.shape[1] == 1:
         return x.float() * GREY_SCALE
-    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(STD).view(1, 3, 1, 1)
+    mean, std = _mean_std(x.device)
     return (x.float() / 255 - mean) / std
 
 
+def _draw(g: torch.Generator | None, device: torch.device) -> torch.device:
+    """Where random numbers for data on ``device`` are drawn: on ``g``'s device (a CUDA generator draws
+    on the GPU, without waiting for it), else on the data's."""
+    return g.device if g is not None else device
+
+
 def augment(x: torch.Tensor, g: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop (zero padding ``pad``) and horizontal flip of a uint8 batch, as tensor ops."""
+    """Random crop (zero padding ``pad``) and horizontal flip of a uint8 batch, as tensor ops on ``x``'s
+    device; the offsets and flips are drawn from ``g`` on its device (the CPU's draws are unchanged)."""
     b, _, h, w = x.shape
+    dev, on = x.device, _draw(g, x.device)
     xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
-    oy = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-    ox = torch.randint(0, 2 * pad + 1, (b,), generator=g)
-    rows = (oy[:, None] + torch.arange(h))[:, None, :, None]
-    cols = (ox[:, None] + torch.arange(w))[:, None, None, :]
-    out = xp[torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
-    flip = torch.rand(b, generator=g) < 0.5
+    oy = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=on).to(dev)
+    ox = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=on).to(dev)
+    rows = (oy[:, None] + torch.arange(h, device=dev))[:, None, :, None]
+    cols = (ox[:, None] + torch.arange(w, device=dev))[:, None, None, :]
+    out = xp[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+             rows, cols]
+    flip = (torch.rand(b, generator=g, device=on) < 0.5).to(dev)
     return torch.where(flip[:, None, None, None], out.flip(3), out)
 
 
 def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, train: bool = False,
             g: torch.Generator | None = None):
-    """Yield normalised (images, labels) batches; shuffled when ``train``, and augmented too for colour
-    images (grey digits and garments are not flipped or shifted)."""
+    """Yield normalised (images, labels) batches on the images' device; shuffled when ``train``, and
+    augmented too for colour images (grey digits and garments are not flipped or shifted)."""
     n = len(y)
-    order = torch.randperm(n, generator=g) if train else torch.arange(n)
+    order = torch.randperm(n, generator=g, device=_draw(g, x.device)) if train else torch.arange(n, device=x.device)
+    order = order.to(x.device)
     for i in range(0, n, batch_size):
         idx = order[i:i + batch_size]
         xb = x[idx]

@@ -59,7 +59,7 @@ def _lowest(s: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def from_scores(scores: Mapping[str, torch.Tensor], rates, *, scope: str = "local",
-                min_keep: int = 1) -> dict[str, torch.Tensor]:
+                min_keep: int = 1, round_to: int | None = None) -> dict[str, torch.Tensor]:
     """Keep-masks over output filters (True = keep) from per-filter scores (higher = keep).
 
     ``scope="local"``: each layer prunes exactly ``int(C * rate)`` of its C filters (HRank's rule),
@@ -69,9 +69,15 @@ def from_scores(scores: Mapping[str, torch.Tensor], rates, *, scope: str = "loca
     layers are pruned (one threshold, network slimming's rule; ties: earlier layer, then lower index,
     pruned first), except that each layer keeps its ``min_keep`` best filters. The scores must be
     comparable across layers (e.g. BN gammas); normalise them first if they are not.
+    ``round_to`` (hardware-aware widths, off by default so that the papers' rates stay exact): each
+    layer's kept count is then rounded up to a multiple of ``round_to`` (at most all its filters),
+    the filters kept back being its best-scored pruned ones. CPU kernels compute channels in blocks
+    (8 or 16 lanes), so a layer with 7 filters costs about what one with 16 does.
     """
     if min_keep < 0:
         raise ValueError(f"min_keep must be >= 0, got {min_keep}")
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1):
+        raise ValueError(f"round_to must be a positive int (e.g. 8 or 16) or None, got {round_to!r}")
     if hasattr(rates, "tolist"):  # numpy array or tensor of rates, or a 0-d one
         rates = rates.tolist()
     for n, s in scores.items():
@@ -85,7 +91,7 @@ def from_scores(scores: Mapping[str, torch.Tensor], rates, *, scope: str = "loca
             c = flat[n].numel()
             n_prune = min(int(c * rate), max(c - min_keep, 0))
             masks[n][_lowest(flat[n], n_prune)] = False
-        return masks
+        return _round_up(masks, flat, round_to)
     if scope != "global":
         raise ValueError(f"unknown scope {scope!r}: choose 'local' or 'global'")
     if isinstance(rates, (Mapping, Sequence)):
@@ -107,7 +113,26 @@ def from_scores(scores: Mapping[str, torch.Tensor], rates, *, scope: str = "loca
     pruned = order[prunable[order]][:n_prune]
     keep = torch.ones(all_scores.numel(), dtype=torch.bool)
     keep[pruned] = False
-    return dict(zip(flat, keep.split([s.numel() for s in flat.values()])))
+    return _round_up(dict(zip(flat, keep.split([s.numel() for s in flat.values()]))), flat, round_to)
+
+
+def _round_up(masks: dict[str, torch.Tensor], flat: dict[str, torch.Tensor], round_to: int | None) -> dict[str, torch.Tensor]:
+    """Each mask's kept count rounded up to a multiple of ``round_to`` (capped at the layer's size) by
+    keeping back its best-scored pruned filters (among equal scores the higher index, the reverse of
+    the order in which they were pruned)."""
+    if round_to is None or round_to == 1:
+        return masks
+    out = {}
+    for n, keep in masks.items():
+        keep = keep.clone()
+        kept, c = int(keep.sum()), keep.numel()
+        extra = min(c, -(-kept // round_to) * round_to) - kept
+        if extra > 0:
+            order = torch.sort(flat[n], stable=True).indices  # pruning order: lowest score first
+            pruned = order[~keep[order]]
+            keep[pruned[len(pruned) - extra:]] = True
+        out[n] = keep
+    return out
 
 
 def weight_masks(scores: Mapping[str, torch.Tensor], sparsity: float,

@@ -34,8 +34,22 @@ def get(experiment: str, profile: str | None = None) -> dict:
     return dict(copy.deepcopy(table[profile]), profile=profile)
 
 
+class _Parser(argparse.ArgumentParser):
+    """Also checks ``$REPROLIB_DEVICE`` when parsing: a bad value ends the command with one line naming the
+    variable, before anything is loaded or trained (a cached run would never reach the device)."""
+
+    def parse_known_args(self, *args, **kwargs):
+        from . import device
+        parsed = super().parse_known_args(*args, **kwargs)
+        try:
+            device.current()
+        except device.DeviceError as e:
+            self.exit(2, f"error: {e}\n")
+        return parsed
+
+
 def cli_parser(doc: str | None) -> argparse.ArgumentParser:
     """The command line of an experiment module (``python -m reprolib.experiments.<name> --profile budget``)."""
-    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = _Parser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default=None, choices=PROFILES)
     return ap

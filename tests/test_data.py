@@ -105,3 +105,28 @@ def test_archive_members_escaping_the_folder_are_refused(tmp_path, monkeypatch):
 def test_unknown_dataset_name():
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'"):
         data.load("imagenet")
+
+
+def test_a_set_REPROLIB_DATA_is_the_only_place_searched(tmp_path, monkeypatch):
+    """REPROLIB_DATA at an empty folder hides CIFAR-10 (what `make book-check` relies on), although the ../shared
+    archive is there, was already extracted and decoded into the cache, and a download is allowed."""
+    _write_tree(tmp_path / "src" / "cifar10-jpeg")
+    archive = tmp_path / "shared" / "cifar10-jpeg.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "cifar10-jpeg", arcname="cifar10-jpeg")
+    monkeypatch.setattr(data, "SHARED_ARCHIVE", archive)
+    monkeypatch.setattr(data, "ARCHIVE_SHA256", data.sha256(archive))
+    monkeypatch.delenv("REPROLIB_DATA", raising=False)
+    assert data.load_cifar10(download=False).train_x.shape == (20, 3, 32, 32)  # found: the archive is usable
+    assert list((tmp_path / "cache").glob("cifar10-jpeg-*.pt"))
+
+    def download(*args, **kwargs):
+        raise AssertionError("CIFAR-10 download attempted although REPROLIB_DATA is set")
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", download)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv("REPROLIB_DATA", str(tmp_path / "empty"))
+    with pytest.raises(data.DataError, match="REPROLIB_DATA=.*empty is neither"):
+        data.load_cifar10()
+    with pytest.raises(data.DataError, match="REPROLIB_DATA"):
+        data.load("cifar10")

@@ -101,3 +101,26 @@ def test_sparsity_counts_pruned_entries():
     assert sparsity({"a": torch.tensor([True, False]), "b": torch.zeros(2, 2, dtype=torch.bool)}) == pytest.approx(5 / 6)
     with pytest.raises(ValueError, match="masks is empty"):
         sparsity({})
+
+
+def test_round_to_rounds_kept_counts_up_with_the_best_pruned_filters():
+    s = {"a": torch.tensor([5.0, 1, 3, 2, 4, 0, 6, 7, 9, 8]), "b": torch.arange(20.0), "c": torch.arange(6.0)}
+    exact = from_scores(s, 0.6)  # a keeps 4 (scores 6..9), b keeps 8, c keeps 3
+    r = from_scores(s, 0.6, round_to=8)
+    assert [int(m.sum()) for m in r.values()] == [8, 8, 6]  # 4 -> 8; 8 stays; 3 -> 6 (all of c, not 8)
+    assert (exact["a"] <= r["a"]).all()  # only adds filters
+    assert pruned(r["a"]) == [1, 5]  # the four added back are the best pruned ones: scores 5, 4, 3, 2
+    assert torch.equal(r["b"], exact["b"])
+    ties = from_scores({"t": torch.ones(6)}, 0.5, round_to=4)  # pruned 0, 1, 2 in that order; 2 comes back first
+    assert pruned(ties["t"]) == [0, 1]
+    assert all(torch.equal(exact[k], v) for k, v in from_scores(s, 0.6, round_to=None).items())  # off by default
+
+
+def test_round_to_with_global_scope_and_bad_values():
+    s = {"a": torch.tensor([0.1, 0.2, 0.9, 0.8]), "b": torch.tensor([0.3, 0.4, 0.5, 0.6, 0.7, 0.05])}
+    g = from_scores(s, 0.5, scope="global", round_to=2)  # global: a keeps 2, b keeps 3 -> 4
+    assert [int(m.sum()) for m in g.values()] == [2, 4]
+    assert pruned(g["b"]) == [0, 5]  # 0.4 (index 1) is the best pruned filter of b
+    for bad in (0, -8, 2.5, True):
+        with pytest.raises(ValueError, match="round_to must be a positive int"):
+            from_scores(s, 0.5, round_to=bad)

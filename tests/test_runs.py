@@ -1,8 +1,9 @@
 import json
+import re
 
 import pytest
 
-from reprolib import profiles, runs
+from reprolib import models, profiles, runs, train
 from reprolib.experiments import baseline
 
 
@@ -56,3 +57,34 @@ def test_baseline_smoke_run_end_to_end(monkeypatch):
     model = baseline.load_model(rec)
     assert sum(p.numel() for p in model.parameters()) == 269_722
     assert not runs.paths("baseline", rec["config"])["checkpoint"].exists()  # removed once the run is done
+
+
+def test_damaged_results_and_weights_files_name_the_file_and_the_remedy(monkeypatch):
+    """A record or weights file cut to its first 200 bytes (an interrupted copy) stops with an error naming the
+    file and the remedies, and the first remedy (delete, recompute) works."""
+    def quick_train(config, paths):  # stands in for training: the model's initial weights, saved as the run does
+        model = models.create(config["model"], **config["model_kwargs"])
+        train.save_atomic(model.state_dict(), paths["weights"])
+        return {"model": config["model"], "metrics": {"test_acc": 0.1}, "weights": paths["weights"].name}
+    monkeypatch.setattr(baseline, "_train", quick_train)
+    rec = baseline.run("smoke", dataset="synthetic")
+    p = runs.paths("baseline", rec["config"])
+    baseline.load_model(rec)
+
+    p["weights"].write_bytes(p["weights"].read_bytes()[:200])
+    with pytest.raises(runs.DamagedResultError) as err:
+        baseline.load_model(rec)
+    msg = str(err.value)  # deleting the weights alone would not recompute them: the record is named too
+    assert msg.startswith(f"{p['weights']} is damaged") and f"rm {p['json']} {p['weights']}" in msg
+    assert "git checkout -- " in msg
+
+    p["json"].write_text(p["json"].read_text()[:200])
+    for call in (lambda: baseline.run("smoke", dataset="synthetic"), lambda: runs.all_records("baseline")):
+        with pytest.raises(runs.DamagedResultError, match=r"(?s)" + re.escape(f"{p['json']} is damaged")
+                           + r".*JSONDecodeError.*rm .*git checkout -- "):
+            call()
+
+    p["json"].unlink()
+    p["weights"].unlink()
+    again = baseline.run("smoke", dataset="synthetic")
+    assert again["hash"] == rec["hash"] and baseline.load_model(again) is not None

@@ -1,4 +1,5 @@
 """Network slimming: held masks stay zero through training; three growing global iterations."""
+import pytest
 import torch
 
 from reprolib import data, masks as masks_mod, slimming, surgery, train
@@ -52,8 +53,45 @@ def test_slimming_prunes_a_growing_global_share_and_keeps_it_pruned():
         assert (small.eval()(x) - model.eval()(x)).abs().max() < 1e-4
 
 
-def test_penalty_is_smooth_l1_of_the_bn_weights():
+def test_l1_penalty_moves_every_gamma_by_lr_lam_sign_in_one_step():
+    # Liu et al.'s subgradient step: with no data loss, one SGD step moves each penalised gamma by exactly
+    # lr * lam * sign(gamma), whatever its size. A smooth-L1 (beta 1) or an L2 moves it by lr * lam * gamma
+    # for |gamma| < 1 and fails; gammas of BNs after other layers must not move.
     model = create("resnet20")
-    model.bn1.weight.data.fill_(0.5)
-    pen = slimming.bn_penalty(model, ["conv1"], lam=2.0)  # beta 1: 0.5 * 0.5^2 per channel
-    assert torch.isclose(pen(model), torch.tensor(2.0 * 16 * 0.125))
+    gamma = torch.tensor([0.9, -0.4, 0.05, -0.003, 0.0, 2.5, -1.7, 0.3] * 2)
+    model.layer1[0].bn1.weight.data.copy_(gamma)
+    other = model.layer1[0].bn2.weight.detach().clone()
+    lam, lr = 0.01, 0.5
+    pen = slimming.bn_penalty(model, ["layer1.0.conv1"], lam=lam)
+    assert torch.isclose(pen(model), lam * gamma.abs().sum())
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    pen(model).backward()
+    opt.step()
+    step = model.layer1[0].bn1.weight.detach() - gamma
+    assert torch.allclose(step, -lr * lam * torch.sign(gamma), atol=1e-6, rtol=0)  # float32 rounding
+    assert torch.equal(model.layer1[0].bn2.weight.detach(), other)
+    with pytest.raises(ValueError, match="lam must be >= 0"):
+        slimming.bn_penalty(model, ["conv1"], lam=-1.0)
+
+
+def test_gamma_histogram_counts_every_gamma_in_log_bins():
+    model = create("resnet20")
+    layers = ["conv1", "layer1.0.conv1"]  # 16 + 16 gammas
+    model.bn1.weight.data.copy_(torch.tensor([0.0, 5e-5, 2e-4, 2e-3] * 4))
+    model.layer1[0].bn1.weight.data.copy_(torch.tensor([-0.02, 0.2, 0.7, -3.0] * 4))
+    h = slimming.gamma_histogram(model, layers)
+    assert h["n"] == 32 and sum(h["counts"]) == 32
+    assert h["edges"][0] == 0 and h["edges"][1] == 1e-4 and h["edges"][-1] >= 3.0 and len(h["counts"]) == len(h["edges"]) - 1
+    assert h["counts"][0] == 8  # 0 and 5e-5 fall in [0, 1e-4)
+    assert h["share_below"] == {"0.001": 0.375, "0.01": 0.5, "0.05": 0.625}
+    assert sorted(h["counts"], reverse=True)[:1] == [8] and max(h["counts"][1:]) == 4  # 4 per other value
+
+
+def test_sparsity_training_shrinks_the_gammas_that_the_penalty_covers():
+    def median_gamma(lam):
+        torch.manual_seed(0)
+        model = create("resnet20")
+        slimming.sparsify(model, tiny_data(), lam, epochs=1, lr=0.05, schedule="constant", batch_size=16, bf16=False)
+        return slimming.gamma_histogram(model, masks_mod.conv_layers(model))["median"]
+    # 4 steps at lr 0.05, momentum 0.9: an L1 of 1.0 pulls each gamma down by ~0.45 (from 1 at initialisation)
+    assert median_gamma(1.0) < median_gamma(0.0) - 0.3

@@ -152,4 +152,4 @@ def test_runs_share_the_dense_network_and_resume(tiny_profile, monkeypatch):
     [ev1], [ev] = grad["pruning_events"], until["pruning_events"]
     assert ev1["rounds"] == 1 and ev1["ratio"] > 0.3     # one round falls short of r here
     assert ev["rounds"] > 1 and ev["ratio"] <= 0.3 and until["metrics"]["params"] < grad["metrics"]["params"]
-    assert tvg.plan(tiny_profile)["runs"] == len(tvg.all_runs(tiny_profile)) + 1
+    assert tvg.cost_summary(tiny_profile)["runs"] == len(tvg.all_runs(tiny_profile)) + 1

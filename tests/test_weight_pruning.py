@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from reprolib import data, masks as masks_mod, train
+from reprolib import data, masks as masks_mod, runs, train
 from reprolib.experiments import weight_pruning as wp
 from reprolib.models import create
 
@@ -55,8 +55,8 @@ def test_idx_files_are_read_from_the_environment_folder(tmp_path, monkeypatch, g
 
 
 def test_missing_or_corrupted_idx_files_are_clear_errors(tmp_path, monkeypatch):
-    monkeypatch.setenv("REPROLIB_MNIST", str(tmp_path / "nowhere"))
-    with pytest.raises(data.DataError, match=r"(?s)mnist not found.*\$REPROLIB_MNIST: .*nowhere.*MNIST/raw"):
+    monkeypatch.delenv("REPROLIB_MNIST", raising=False)
+    with pytest.raises(data.DataError, match=r"(?s)mnist not found.*torchvision download: .*MNIST/raw.*set REPROLIB_MNIST"):
         data.load("mnist", download=False)
     bad = tmp_path / "bad"
     bad.write_bytes(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\x00" * 10)
@@ -65,6 +65,26 @@ def test_missing_or_corrupted_idx_files_are_clear_errors(tmp_path, monkeypatch):
     bad.write_bytes(b"PK\x03\x04 not idx")
     with pytest.raises(data.DataError, match="not a uint8 idx file"):
         data.read_idx(bad)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_a_set_variable_is_the_only_place_searched(tmp_path, monkeypatch, name):
+    """$REPROLIB_MNIST / $REPROLIB_FASHION_MNIST at an empty folder hides the data set (what `make book-check`
+    relies on), although Debian's folder and torchvision's download folder hold it, it was decoded into the
+    cache already, and a download is allowed."""
+    env_var, cls = data.GREY[name]
+    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", fake_grey_folder(tmp_path / "debian"))
+    fake_grey_folder(data.cache_dir() / cls.__name__ / "raw")
+    monkeypatch.delenv(env_var, raising=False)
+    assert data.load(name, download=False).train_x.shape == (20, 1, 28, 28)  # found without the variable
+
+    def download(*args, **kwargs):
+        raise AssertionError(f"{name} download attempted although {env_var} is set")
+    monkeypatch.setattr(cls, "__init__", download)
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv(env_var, str(tmp_path / "empty"))
+    with pytest.raises(data.DataError, match=f"{env_var}=.*empty does not hold the {name} idx files.*only place"):
+        data.load(name)
 
 
 def test_grey_batches_are_scaled_to_unit_range_and_not_augmented():
@@ -127,3 +147,34 @@ def test_csr_layers_compute_what_the_dense_ones_do():
     nnz = sum(int(model.get_submodule(n).weight.ne(0).sum()) for n in wp.weight_layers(model))
     stored = sum(m.weight.values().numel() for m in sparse.modules() if isinstance(m, wp.CSRLinear))
     assert stored == nnz and isinstance(model[1], nn.Linear)  # the original is untouched
+
+
+# --------------------------------------------------------------------------- the chapter without the data set
+
+def test_cached_runs_are_available_and_read_with_every_data_source_hidden(tmp_path, monkeypatch):
+    """A data set whose LeNet runs are all cached counts as available without being read, and the chapter's runs
+    come from their results files with the data hidden; one run missing and no data: the reason says what to set."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("REPROLIB_FASHION_MNIST", str(empty))
+    why = wp.available("smoke")["fashion-mnist"]
+    assert why is not None and "REPROLIB_FASHION_MNIST" in why and not wp.cached("smoke", "fashion-mnist")
+
+    monkeypatch.setenv("REPROLIB_FASHION_MNIST", str(fake_grey_folder(tmp_path / "fashion", n_train=64, n_test=32)))
+    assert wp.available("smoke") == {"fashion-mnist": None}  # loadable: the runs can be computed
+    curves = [wp.curve("smoke", "fashion-mnist", m, c, mode) for m in ("lenet300", "lenet5") for c in wp.CRITERIA
+              for mode in wp.MODES]
+    table = wp.csr("smoke", "fashion-mnist")
+
+    for var in ("REPROLIB_FASHION_MNIST", "REPROLIB_MNIST", "REPROLIB_DATA"):
+        monkeypatch.setenv(var, str(empty))
+    monkeypatch.setenv("REPROLIB_CACHED_ONLY", "1")
+    assert wp.cached("smoke", "fashion-mnist") and wp.available("smoke") == {"fashion-mnist": None}
+    assert [wp.curve("smoke", "fashion-mnist", r["model"], r["config"]["criterion"], r["config"]["mode"])
+            for r in curves] == curves
+    assert wp.csr("smoke", "fashion-mnist") == table
+    assert wp.load_dense(wp.dense("smoke", "fashion-mnist", "lenet5"))(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+    runs.paths(wp.EXPERIMENT, curves[-1]["config"])["json"].unlink()  # one run missing: the data are needed again
+    assert not wp.cached("smoke", "fashion-mnist")
+    assert "REPROLIB_FASHION_MNIST" in wp.available("smoke")["fashion-mnist"]

@@ -242,23 +242,55 @@ def hrank_reference(model, layers, batches=None, *, n_batches: int = 5):
         return _hrank(model, layers, batches, n_batches, _rank_per_map, "hrank (per-map loop)")
 
 
+def removed_output(model: nn.Module, layers: Iterable[str]) -> dict[str, str]:
+    """Name of the module whose output pruning a filter of each layer really removes: the BatchNorm that
+    directly consumes the layer's output (``surgery.apply_masks`` zeroes the filter *and* that BN's scale
+    and shift, so the BN output channel becomes 0), else the layer itself."""
+    graph, out = _graph(model), {}
+    for name in layers:
+        users = list(_call_of(graph, name).users)
+        bns = [u for u in users if u.op == "call_module"
+               and isinstance(model.get_submodule(u.target), nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            out[name] = name
+            continue
+        if len(users) != 1:
+            raise ValueError(f"{name!r} feeds a BatchNorm and also {[u.name for u in users if u not in bns]}: "
+                             "pruning it removes more than one tensor, which one Taylor score cannot measure")
+        _call_of(graph, bns[0].target)  # a BN shared by several calls would mix tensors
+        out[name] = bns[0].target
+    return out
+
+
 @register("taylor")
-def taylor(model, layers, batches=None, *, n_batches: int | None = None, per_example: bool = False):
-    """First-order Taylor (Molchanov et al. 2017): |mean over batch and positions of a * dL/da| per
-    channel of each layer's output a, averaged over batches. L is the cross-entropy *summed* over the
-    batch, so dL/da is each image's own gradient and scores do not depend on the batch size.
-    ``per_example=True`` takes |.| per image before averaging, as the paper writes it."""
+@torch.enable_grad()  # needs dL/da: it must work inside a caller's torch.no_grad() too
+def taylor(model, layers, batches=None, *, n_batches: int | None = None, per_example: bool = True):
+    """First-order Taylor criterion on feature maps (Molchanov et al., ICLR 2017, their Eq. 8; not the
+    2019 CVPR variant on BN parameters or weights): for each example, |mean over the positions of the
+    map of a * dL/da|, averaged over the examples of all batches. ``a`` is the tensor that pruning the
+    filter removes: the output of the BatchNorm right after the layer (``removed_output``), else the
+    layer's own output; for conv -> BN -> ReLU this equals the score of the ReLU output, since
+    relu'(a) zeroes exactly the positions where relu(a) is 0. L is the cross-entropy *summed* over
+    the batch (BN in eval mode), so dL/da is each example's own gradient, as the paper computes the
+    criterion "for each example separately".
+
+    Normalisation: the scores are raw. The paper's layer-wise L2 normalisation (their Eq. 9) is not
+    applied: it cannot change a per-layer ranking, and the criteria benchmark's global scope divides each
+    layer's scores by their mean, which cancels any per-layer scale (the L2 normalisation included).
+    Their FLOPs regulariser is not used either. ``per_example=False``: |mean over batch and positions|
+    per batch instead (a variant, kept for comparison)."""
     mods = resolve_layers(model, layers)
-    sums, steps = {n: 0 for n in mods}, 0
-    for logits, y, acts in activations(model, mods, batches, n_batches=n_batches, grad=True, desc="taylor"):
+    removed = {n: model.get_submodule(t) for n, t in removed_output(model, mods).items()}
+    sums, count = {n: 0 for n in mods}, 0
+    for logits, y, acts in activations(model, removed, batches, n_batches=n_batches, grad=True, desc="taylor"):
         loss = F.cross_entropy(logits, y, reduction="sum")
         grads = torch.autograd.grad(loss, list(acts.values()), allow_unused=True)
         for (n, a), g in zip(acts.items(), grads):
             prod = (a * g).detach() if g is not None else torch.zeros_like(a).detach()
-            if per_example:
-                s = prod.reshape(prod.shape[0], prod.shape[1], -1).mean(2).abs().mean(0)
+            if per_example:  # (N, C, positions) -> per example and channel, then summed over examples
+                s = prod.reshape(prod.shape[0], prod.shape[1], -1).mean(2).abs().sum(0)
             else:
                 s = prod.mean(_channel_dims(prod)).abs()
             sums[n] = sums[n] + s.double()
-        steps += 1
-    return {n: (s / steps).float().cpu() for n, s in sums.items()}
+        count += len(y) if per_example else 1
+    return {n: (s / count).float().cpu() for n, s in sums.items()}

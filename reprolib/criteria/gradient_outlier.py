@@ -67,18 +67,27 @@ def gradient_norms(model: nn.Module, layers: list[str], batches, n_batches: int 
     """Per batch and filter, the mean over input channels of the norm of each kernel slice's
     gradient: ``{layer: [batches, out_channels]}``. Uses the first ``n_batches`` of ``batches``
     ((images, labels) pairs). Nothing of the model changes: gradients are returned, not stored
-    in ``.grad`` nor applied; BN running statistics are restored."""
+    in ``.grad`` nor applied; BN running statistics are restored. Works inside ``torch.no_grad()`` and on
+    frozen weights (``requires_grad`` is switched on for the pass and restored). Runs on the model's device."""
     weights = [model.get_submodule(n).weight for n in layers]
+    dev = weights[0].device
+    frozen = [w for w in weights if not w.requires_grad]
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     was_training = model.training
     model.train()
     rows: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     try:
+        for w in frozen:
+            w.requires_grad_(True)
         for xb, yb in tqdm(islice(batches, n_batches), total=n_batches, desc="gradient norms", leave=False):
-            grads = torch.autograd.grad(loss_fn(model(xb).float(), yb), weights)
+            xb, yb = xb.to(dev), yb.to(dev)
+            with torch.enable_grad():
+                grads = torch.autograd.grad(loss_fn(model(xb).float(), yb), weights)
             for n, g in zip(layers, grads):
                 rows[n].append(g.detach().reshape(g.shape[0], g.shape[1], -1).norm(dim=2).mean(1))
     finally:
+        for w in frozen:
+            w.requires_grad_(False)
         with torch.no_grad():
             for n, b in model.named_buffers():
                 b.copy_(buffers[n])

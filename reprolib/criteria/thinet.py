@@ -97,13 +97,15 @@ def collect(model: nn.Module, layer_i: str, layer_next: str, batches, n_samples:
     as ThiNet's code does (10), until ``n_samples`` rows. ``batches``: iterable of images or
     (images, labels), normalised. The model runs in eval mode (BN running statistics) and stops at
     ``layer_next``; layers before it are whatever the model currently is (ThiNet samples the
-    partially pruned network)."""
+    partially pruned network). The sampling runs on the model's device; the positions are drawn on the
+    CPU (the same rows on any device) and the samples come back on the CPU, where the selection runs."""
     _check_pair(model, layer_i, layer_next)
     conv = model.get_submodule(layer_next)
     if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1 or isinstance(conv.padding, str) \
             or conv.padding_mode != "zeros":
         raise ValueError(f"{layer_next}: collect handles stride-1, undilated, ungrouped, zero-padded convs only")
     g = torch.Generator().manual_seed(seed)
+    dev = conv.weight.device
     seen: dict[str, torch.Tensor] = {}
 
     def hook(module, inputs, output):
@@ -121,7 +123,7 @@ def collect(model: nn.Module, layer_i: str, layer_next: str, batches, n_samples:
         for batch in tqdm(batches, desc=f"ThiNet samples {layer_i}", leave=False):
             xb = batch[0] if isinstance(batch, (tuple, list)) else batch
             try:
-                model(xb)
+                model(xb.to(dev))
             except _Stop:
                 pass
             x, out = seen["x"].double(), seen["out"].double()
@@ -132,10 +134,12 @@ def collect(model: nn.Module, layer_i: str, layer_next: str, batches, n_samples:
             f = torch.randint(f_out, (k,), generator=g)
             h = torch.randint(ho, (k,), generator=g)
             w = torch.randint(wo, (k,), generator=g)
+            n, f, h, w = (t.to(dev) for t in (n, f, h, w))
             xp = F.pad(x, (conv.padding[1], conv.padding[1], conv.padding[0], conv.padding[0]))
-            rows = (h[:, None] + torch.arange(kh))[:, None, :, None]
-            cols = (w[:, None] + torch.arange(kw))[:, None, None, :]
-            patch = xp[n[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]  # [k, C, kh, kw]
+            rows = (h[:, None] + torch.arange(kh, device=dev))[:, None, :, None]
+            cols = (w[:, None] + torch.arange(kw, device=dev))[:, None, None, :]
+            chans = torch.arange(c, device=dev)[None, :, None, None]
+            patch = xp[n[:, None, None, None], chans, rows, cols]  # [k, C, kh, kw]
             Xs.append((patch * weight[f]).sum((2, 3)))
             ys.append(out[n, f, h, w] - (bias[f] if bias is not None else 0))
             wheres.append(torch.stack([n + images, f, h, w], 1))
@@ -148,7 +152,7 @@ def collect(model: nn.Module, layer_i: str, layer_next: str, batches, n_samples:
     if got < n_samples:
         raise ValueError(f"the batches gave {got} samples from {images} images, fewer than n_samples={n_samples}: "
                          f"pass more batches, a smaller n_samples or a larger samples_per_image ({samples_per_image})")
-    return Samples(torch.cat(Xs), torch.cat(ys), torch.cat(wheres))
+    return Samples(torch.cat(Xs).cpu(), torch.cat(ys).cpu(), torch.cat(wheres).cpu())
 
 
 # --------------------------------------------------------------------------- 2. selection

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from .. import data as data_mod, models, profiles, runs, train
+from .. import data as data_mod, models, profiles, runs, train, plan
+from ..device import current as device
 
 
 # The ResNet-56 baseline every HRank / structural / criteria chapter starts from. model_kwargs: the standard
@@ -32,14 +33,15 @@ PRESETS = {
 
 
 def _dataset(config: dict):
+    """The run's images, on the library's device."""
     d = data_mod.load(config["dataset"])
-    return d.subset(config["n_train"], config["n_test"])
+    return d.subset(config["n_train"], config["n_test"]).to(device())
 
 
 def _train(config: dict, paths: dict) -> dict:
     d = _dataset(config)
     train.seed_everything(config["seed"])
-    model = models.create(config["model"], **config.get("model_kwargs", {}))
+    model = models.create(config["model"], **config.get("model_kwargs", {})).to(device())
     keys = ("epochs", "lr", "batch_size", "momentum", "nesterov", "weight_decay", "schedule", "milestones",
             "warmup_epochs", "label_smoothing", "bf16", "channels_last", "seed")
     history = train.fit(model, d, checkpoint=paths["checkpoint"], desc=config["model"],
@@ -52,6 +54,7 @@ def _train(config: dict, paths: dict) -> dict:
             "curves": history, "weights": paths["weights"].name}
 
 
+@plan.recipe
 def run(profile: str | None = None, **overrides) -> dict:
     """The baseline record of ``profile`` (trained now if not cached)."""
     config = dict(profiles.get("baseline", profile), **overrides)
@@ -59,10 +62,13 @@ def run(profile: str | None = None, **overrides) -> dict:
 
 
 def load_model(record: dict) -> torch.nn.Module:
-    """The trained model of a baseline record (weights loaded with weights_only=True)."""
-    model = models.create(record["config"]["model"], **record["config"].get("model_kwargs", {}))
+    """The trained model of a baseline record (weights loaded with weights_only=True), on the library's device;
+    while planning, a record not computed yet gives the untrained model (only its structure is read then)."""
+    model = models.create(record["config"]["model"], **record["config"].get("model_kwargs", {})).to(device())
+    if plan.is_planned(record):
+        return model.eval()
     path = runs.paths("baseline", record["config"])["weights"]
-    model.load_state_dict(torch.load(path, weights_only=True))
+    model.load_state_dict(runs.load_weights(path, map_location=device()))
     return model.eval()
 
 
@@ -84,6 +90,7 @@ def dead_residual_channels(model: torch.nn.Module) -> dict[str, int]:
     return out
 
 
+@plan.recipe
 def audit(record: dict, n_test: int = 2000) -> dict:
     """What the dead residual channels of a baseline cost: counts per stage, and the network with only the dead
     filters removed (masks -> ``surgery.shrink``), compared with the baseline on ``n_test`` test images."""

@@ -33,10 +33,11 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .. import criteria, data as data_mod, masks as masks_mod, profiles, runs, surgery
+from .. import criteria, data as data_mod, masks as masks_mod, profiles, runs, surgery, plan
 from . import baseline
 from . import thinet_vs_gradient
 from ..counting import count, latency_table
+from ..device import current as device
 from ..train import evaluate, fit, seed_everything
 
 
@@ -66,8 +67,8 @@ PRESETS = {
                    apoz_iterations=6, apoz_std=1.0, apoz_batches=10, apoz_batch=128,
                    layer_methods=["bn_gamma", "random"], layer_ks=[1, 3, 5, 7, 9],
                    latency_batches=[1, 128], latency_repeats=10),
-    # The documents state no protocol for a benchmark: the HRank study's fine-tuning (30 epochs, lr 0.01,
-    # batch 128, wd 5e-4, momentum 0.9), all data, three seeds, both scopes at every target, fp32.
+    # The documents state no protocol for a benchmark: the HRank study's 30 epochs of fine-tuning with
+    # our choices for the rest, as in hrank's paper preset (lr 0.01, batch 128, wd 5e-4, momentum 0.9), all data, three seeds, both scopes at every target, fp32.
     "paper": dict(baseline="paper",
                   criteria=["l1norm", "fpgm", "bn_gamma", "apoz", "taylor", "hrank", "random"],
                   targets={"uniform": [0.3, 0.5, 0.7], "global": [0.3, 0.5, 0.7]}, seeds=[0, 1, 2],
@@ -83,6 +84,9 @@ CIFAR = (1, 3, 32, 32)
 CURVE_TEST = 1000  # test images behind the per-epoch curves (bf16); reported accuracies use all (fp32)
 SCOPES = ("uniform", "global")
 DATA_CRITERIA = ("apoz", "taylor", "hrank")  # the criteria that look at activations
+# A criterion whose definition changed carries it in its scores' config, so that scores cached under the old
+# one are not read again. taylor: until 2026-11-27 it scored the conv output before BN, per batch.
+DEFINITIONS = {"taylor": "Molchanov 2017, the removed tensor (BN output), per example"}
 EXPERIMENT = "criteria_benchmark"
 
 
@@ -161,6 +165,7 @@ def search_rate(model: nn.Module, scores: dict, target: float, scope: str, input
 
 # --------------------------------------------------------------------------- criteria: scores, search, fine-tune
 
+@plan.recipe
 def scores(profile: str | None = None, criterion: str = "l1norm", seed: int = 0) -> dict:
     """Per-filter scores of ``criterion`` for every conv of the baseline (data: the first training images)."""
     p = profiles.get(EXPERIMENT, profile)
@@ -168,6 +173,7 @@ def scores(profile: str | None = None, criterion: str = "l1norm", seed: int = 0)
     model, base = _baseline(p["baseline"])
     config = {"part": "scores", "profile": p["profile"], "baseline": base["hash"], "criterion": criterion,
               "seed": seed if criterion == "random" else 0,
+              **({"definition": DEFINITIONS[criterion]} if criterion in DEFINITIONS else {}),
               **({"score_batches": p["score_batches"], "score_batch": p["score_batch"]} if criterion in DATA_CRITERIA else {})}
 
     def fn(config, paths):
@@ -175,7 +181,7 @@ def scores(profile: str | None = None, criterion: str = "l1norm", seed: int = 0)
         if criterion in DATA_CRITERIA:
             d = data_mod.load(base["config"]["dataset"])
             n = config["score_batches"] * config["score_batch"]
-            batches = data_mod.batches(d.train_x[:n], d.train_y[:n], config["score_batch"])
+            batches = data_mod.batches(d.train_x[:n].to(device()), d.train_y[:n].to(device()), config["score_batch"])
             s = criteria.get(criterion)(model, convs, batches, n_batches=config["score_batches"])
         elif criterion == "random":
             s = criteria.get(criterion)(model, convs, seed=config["seed"])
@@ -189,6 +195,7 @@ def _scores_of(record: dict) -> dict:
     return {k: torch.tensor(v) for k, v in record["scores"].items()}
 
 
+@plan.recipe
 def search(profile: str | None = None, criterion: str = "l1norm", scope: str = "uniform", target: float = 0.5,
            seed: int = 0) -> dict:
     """The rate at which ``criterion`` at ``scope`` removes ``target`` of the true FLOPs (closest reachable)."""
@@ -203,7 +210,7 @@ def search(profile: str | None = None, criterion: str = "l1norm", scope: str = "
         found = search_rate(model, s, target, scope)
         masks, small, true = shrunk_at(model, s, found["rate"], scope)
         dense = count(model, CIFAR)
-        d = data_mod.load(base["config"]["dataset"]).subset(0, p["n_test"])
+        d = data_mod.load(base["config"]["dataset"]).subset(0, p["n_test"]).to(device())
         return {"model": base["model"], "search_evaluations": found["evaluations"],
                 "kept": {n: int(k.sum()) for n, k in masks.items()}, "filters": {n: len(k) for n, k in masks.items()},
                 "metrics": {"test_acc_before_finetune": evaluate(small, d.test_x, d.test_y)["acc"],
@@ -232,6 +239,7 @@ def _finetune(model: nn.Module, d, seed: int, finetune: dict, checkpoint, desc: 
     return curves, evaluate(model, d.test_x, d.test_y)["acc"]
 
 
+@plan.recipe
 def finetune(profile: str | None = None, criterion: str = "l1norm", scope: str = "uniform", target: float = 0.5,
              seed: int = 0) -> dict:
     """Prune the baseline by ``criterion`` to ``target`` of its true FLOPs removed, shrink, fine-tune."""
@@ -244,7 +252,7 @@ def finetune(profile: str | None = None, criterion: str = "l1norm", scope: str =
 
     def fn(config, paths):
         small = pruned(profile, criterion, scope, target, seed)[2]
-        d = data_mod.load(base["config"]["dataset"]).subset(p["n_train"], p["n_test"])
+        d = data_mod.load(base["config"]["dataset"]).subset(p["n_train"], p["n_test"]).to(device())
         curves, acc = _finetune(small, d, seed, p["finetune"], paths["checkpoint"],
                                 f"{criterion} {scope} {target:.0%} seed {seed}")
         return {"model": base["model"], **d.describe(), "curves": curves,
@@ -302,6 +310,7 @@ def block_masks(model: nn.Module, names: list[str]) -> dict:
             for n in names for c in ("conv1", "conv2")}
 
 
+@plan.recipe
 def layer_pruning(profile: str | None = None, method: str = "bn_gamma", k: int = 1, seed: int = 0) -> dict:
     """The baseline with ``k`` residual blocks removed by ``method``, shrunk and fine-tuned."""
     p = profiles.get(EXPERIMENT, profile)
@@ -313,7 +322,7 @@ def layer_pruning(profile: str | None = None, method: str = "bn_gamma", k: int =
     def fn(config, paths):
         small = without_blocks(model, gone)
         true, dense = count(small, CIFAR), count(model, CIFAR)
-        d = data_mod.load(base["config"]["dataset"]).subset(p["n_train"], p["n_test"])
+        d = data_mod.load(base["config"]["dataset"]).subset(p["n_train"], p["n_test"]).to(device())
         before = evaluate(small, d.test_x, d.test_y)["acc"]
         curves, acc = _finetune(small, d, seed, p["finetune"], paths["checkpoint"], f"{k} blocks {method}")
         return {"model": base["model"], "removed": gone, **d.describe(), "curves": curves,
@@ -352,6 +361,7 @@ def trim(apoz_scores: dict, masks: dict, std_factor: float) -> dict:
     return out
 
 
+@plan.recipe
 def apoz_iterations(profile: str | None = None) -> dict:
     """Iterative APoZ trimming of VGG-16 (pruned neurons held at zero), fine-tuned after each iteration."""
     p = profiles.get(EXPERIMENT, profile)
@@ -360,7 +370,7 @@ def apoz_iterations(profile: str | None = None) -> dict:
     config = {"part": "apoz_iterations", "profile": p["profile"], "baseline": base["hash"], **{k: p[k] for k in keys}}
 
     def fn(config, paths):
-        d = data_mod.load(base["config"]["dataset"]).subset(p["n_train"], p["n_test"])
+        d = data_mod.load(base["config"]["dataset"]).subset(p["n_train"], p["n_test"]).to(device())
         n = p["apoz_batches"] * p["apoz_batch"]
         batches = list(data_mod.batches(d.train_x[:n], d.train_y[:n], p["apoz_batch"]))
         model = thinet_vs_gradient.dense_model(profile)[0]
@@ -400,6 +410,7 @@ def points(profile: str | None = None) -> list[tuple]:
     return [(c, s, t) for s, targets in p["targets"].items() for t in targets for c in p["criteria"]]
 
 
+@plan.recipe
 def latency(profile: str | None = None) -> dict:
     """Median CPU latency of the dense baseline, each grid point's shrunk network (seed 0) and each
     layer-pruned network, timed round-robin at each of the profile's batch sizes."""

@@ -51,10 +51,11 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .. import criteria, data as data_mod, profiles, runs
+from .. import criteria, data as data_mod, profiles, runs, plan
 from ..counting import count, latency_interleaved, latency_table
 from ..criteria import gradient_outlier as go
 from ..criteria import thinet as thinet_mod
+from ..device import current as device
 from ..surgery.vgg import conv_names, remove_filters
 from ..models import create
 from ..train import evaluate, fit, save_atomic, seed_everything
@@ -139,7 +140,7 @@ def control_masks(model: nn.Module, criterion: str, r: float, seed: int = 0) -> 
     scores = fn(model, list(counts), seed=seed) if criterion == "random" else fn(model, list(counts))
     masks = {}
     for name, k in counts.items():
-        s = torch.as_tensor(scores[name]).detach().double().flatten()
+        s = torch.as_tensor(scores[name]).detach().double().flatten().cpu()  # masks live on the CPU
         keep = torch.ones(len(s), dtype=torch.bool)
         keep[torch.sort(s, stable=True).indices[:len(s) - k]] = False
         masks[name] = keep
@@ -214,7 +215,8 @@ class _Until(Exception):
 
 
 def _data(config: dict):
-    return data_mod.load(config["dataset"]).subset(config["n_train"], config["n_test"])
+    """The run's images, on the library's device."""
+    return data_mod.load(config["dataset"]).subset(config["n_train"], config["n_test"]).to(device())
 
 
 def _fit_until(model: nn.Module, d, config: dict, until: int, checkpoint: Path, desc: str) -> list[dict]:
@@ -246,7 +248,7 @@ def _dense_weights(record: dict) -> Path:
 def _train_dense(config: dict, paths: dict) -> dict:
     d = _data(config)
     seed_everything(config["seed"])
-    model = create(config["model"])
+    model = create(config["model"]).to(device())  # initialised on the CPU: the same weights on any device
     history = _fit_until(model, d, config, config["pre_epochs"], paths["checkpoint"],
                          f"{config['model']} dense seed {config['seed']}")
     final = evaluate(model, d.test_x, d.test_y)  # fp32, NCHW: the number we report
@@ -284,6 +286,7 @@ def _settings(profile: str | None) -> dict:
     return profiles.get(EXPERIMENT, profile)
 
 
+@plan.recipe
 def dense(profile: str | None = None, seed: int = 0) -> dict:
     """The record of the VGG-16 trained for the first ``pre_epochs`` epochs (weights in the cache)."""
     p = _settings(profile)
@@ -300,6 +303,8 @@ def dense_model(profile: str | None = None, seed: int = 0) -> tuple[nn.Module, d
     from its record's config when the weights file is missing; a warning says when the weights loaded
     differ from those the record's SHA-256 names."""
     rec = dense(profile, seed)
+    if plan.is_planned(rec):  # planning (reprolib.plan): only the structure is read
+        return create(rec["config"]["model"]).eval().to(device()), rec
     path = _dense_weights(rec)
     reproduced = not path.exists()
     if reproduced:
@@ -307,13 +312,13 @@ def dense_model(profile: str | None = None, seed: int = 0) -> tuple[nn.Module, d
         ckpt = path.with_name(f"{rec['hash']}-reproduce.pt")
         _train_dense(rec["config"], {"checkpoint": ckpt, "dense_weights": path})
         ckpt.unlink(missing_ok=True)
-    state = torch.load(path, weights_only=True)
+    state = torch.load(path, weights_only=True, map_location=device())
     if state_sha256(state) != rec["weights_sha256"]:
         how = "reproduced" if reproduced else "found"
         warnings.warn(f"the dense weights {how} at {path} differ from those recorded by run {rec['hash']} "
                       "(another machine or thread count?); the pruned runs record the SHA-256 "
                       "of the dense weights they start from.", stacklevel=2)
-    model = create(rec["config"]["model"])
+    model = create(rec["config"]["model"]).to(device())
     model.load_state_dict(state)
     return model.eval(), rec
 
@@ -354,6 +359,7 @@ def _prune_and_finetune(profile, part: str, r: float, seed: int, prune, **extra)
     return runs.run(EXPERIMENT, config, fn)
 
 
+@plan.recipe
 def thinet(profile: str | None = None, r: float = 0.5, seed: int = 0) -> dict:
     """ThiNet at keep-share ``r`` on the dense network of ``seed``, then fine-tuning."""
     p = _settings(profile)
@@ -362,7 +368,7 @@ def thinet(profile: str | None = None, r: float = 0.5, seed: int = 0) -> dict:
         t = config["thinet"]
         g = torch.Generator().manual_seed(config["seed"])
         n_images = math.ceil(t["n_samples"] / t["samples_per_image"])
-        idx = torch.randperm(len(d.train_y), generator=g)[:n_images]  # un-augmented training images
+        idx = torch.randperm(len(d.train_y), generator=g)[:n_images].to(d.train_x.device)  # un-augmented images
         x, y = d.train_x[idx], d.train_y[idx]
         t0 = time.time()
         _, layers = thinet_mod.thinet_prune(model, lambda: data_mod.batches(x, y, t["batch_size"]), config["r"],
@@ -372,6 +378,7 @@ def thinet(profile: str | None = None, r: float = 0.5, seed: int = 0) -> dict:
     return _prune_and_finetune(profile, "thinet", r, seed, prune, thinet=p["thinet"])
 
 
+@plan.recipe
 def control(profile: str | None = None, criterion: str = "l1norm", r: float = 0.5, seed: int = 0) -> dict:
     """``criterion`` ("l1norm" or "random") with ThiNet's per-layer keep counts at ``r``, same layers,
     same dense network, fine-tuned as ThiNet."""
@@ -385,6 +392,7 @@ def control(profile: str | None = None, criterion: str = "l1norm", r: float = 0.
     return _prune_and_finetune(profile, "control", r, seed, prune, criterion=criterion)
 
 
+@plan.recipe
 def unpruned(profile: str | None = None, seed: int = 0) -> dict:
     """The dense network trained for the remaining epochs like the pruned ones, nothing removed."""
     p = _settings(profile)
@@ -410,11 +418,11 @@ def _train_gradient(config: dict, paths: dict, d) -> tuple[nn.Module, list[dict]
     Each pruning event's record is stored in the history entry of its epoch (key "pruning")."""
     seed, tr, g = config["seed"], config["train"], config["gradient"]
     seed_everything(seed)
-    model = create(config["model"])
+    model = create(config["model"]).to(device())
     initial = sum(q.numel() for q in model.parameters())
     ckpt = paths["checkpoint"]
     if ckpt.exists():
-        resize_like(model, torch.load(ckpt, weights_only=True)["model"])
+        resize_like(model, torch.load(ckpt, weights_only=True, map_location=device())["model"])
     events: list[dict] = []
     inner = go.pruning_callback(d, epochs=config["epochs"], r=config["r"], initial_params=initial,
                                 prune_every=config["prune_every"], s=g["s"], epsilon=g["epsilon"],
@@ -437,6 +445,7 @@ def _train_gradient(config: dict, paths: dict, d) -> tuple[nn.Module, list[dict]
             _fresh_optimizer_checkpoint(model, tr, stop.epoch, stop.history, ckpt)
 
 
+@plan.recipe
 def gradient(profile: str | None = None, r: float = 0.5, seed: int = 0, until_r: bool = False) -> dict:
     """The document's gradient-outlier pruning during training to parameter share ``r``: one scoring
     round per pruning event (the profile's ``gradient.max_rounds``), so a run can end above r. With
@@ -465,7 +474,7 @@ def gradient(profile: str | None = None, r: float = 0.5, seed: int = 0, until_r:
 
 # --------------------------------------------------------------------------- all of it, as a table
 
-def plan(profile: str | None = None) -> dict:
+def cost_summary(profile: str | None = None) -> dict:
     """What the profile runs and its training cost in dense-VGG-16 epochs (an upper bound: pruned
     networks train faster)."""
     p = _settings(profile)
@@ -507,6 +516,7 @@ def until_r_runs(profile: str | None = None) -> list[dict]:
     return [gradient(p["profile"], r, s, until_r=True) for r, s in tqdm(todo, desc="gradient until r")]
 
 
+@plan.recipe
 def latency(profile: str | None = None) -> dict:
     """Median CPU latency of the dense VGG-16 and of every pruned architecture of the profile, timed
     round-robin in one run (on a quiet CPU, unlike the runs' own measurements, which share the machine
@@ -534,6 +544,11 @@ def latency(profile: str | None = None) -> dict:
             rows[label].update(params=c["params"], flops=c["flops"])
         return {"model": config["model"], "threads": threads, "rows": rows, "metrics": {"networks": len(rows)}}
     return runs.run(EXPERIMENT, config, fn)
+
+
+def chapter_runs(profile: str | None = None) -> dict:
+    """Everything the chapter reads (what ``reprolib.sweep`` plans): ``all_runs``, the until-r variant, the latency run."""
+    return {"runs": all_runs(profile), "until_r": until_r_runs(profile), "latency": latency(profile)}
 
 
 def method_of(record: dict) -> str:

@@ -27,9 +27,10 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .. import criteria, data as data_mod, masks as masks_mod, models, profiles, runs
+from .. import criteria, data as data_mod, masks as masks_mod, models, profiles, runs, plan
 from . import baseline
 from ..counting import latency_interleaved
+from ..device import current as device
 from ..train import evaluate, fit, save_atomic, seed_everything
 
 
@@ -95,14 +96,14 @@ def apply_weight_masks(model: nn.Module, masks: dict) -> nn.Module:
         w = model.get_submodule(n).weight
         if keep.shape != w.shape:
             raise ValueError(f"mask for {n!r} has shape {tuple(keep.shape)}, the weight {tuple(w.shape)}")
-        w[~keep] = 0
+        w[~keep.to(w.device)] = 0
     return model
 
 
 def hold_weight_masks(model: nn.Module, masks: dict) -> list:
     """Keep pruned weights at zero while training: their gradients are zeroed, so SGD (momentum and weight
     decay included) never moves them. Returns the hook handles (``h.remove()`` to release)."""
-    return [model.get_submodule(n).weight.register_hook(lambda g, k=keep: g * k.to(g.dtype))
+    return [model.get_submodule(n).weight.register_hook(lambda g, k=keep: g * k.to(g.device, g.dtype))
             for n, keep in masks.items()]
 
 
@@ -119,18 +120,20 @@ def prune_to(model: nn.Module, scores: dict, sparsity: float, masks: dict | None
     """Masks pruning ``sparsity`` of the scored weights (lowest scores first), applied to ``model`` in place.
     Weights already pruned by ``masks`` stay pruned (they are ranked below every other weight)."""
     if masks is not None:
-        scores = {n: torch.where(masks[n], s, torch.full_like(s, -1.0)) for n, s in scores.items()}
+        scores = {n: torch.where(masks[n].to(s.device), s, torch.full_like(s, -1.0)) for n, s in scores.items()}
     new = masks_mod.weight_masks(scores, sparsity, scope)
     apply_weight_masks(model, new)
     return new
 
 
 def pruned_are_zero(model: nn.Module, masks: dict) -> bool:
-    return all(not model.get_submodule(n).weight[~k].any() for n, k in masks.items())
+    weight = lambda n: model.get_submodule(n).weight
+    return all(not weight(n)[~k.to(weight(n).device)].any() for n, k in masks.items())
 
 
 # --------------------------------------------------------------------------- LeNets
 
+@plan.recipe
 def dense(profile: str | None = None, dataset: str = "fashion-mnist", model: str = "lenet300") -> dict:
     """``model`` trained dense on ``dataset`` (the profile's training recipe); its weights are kept."""
     p = profiles.get(EXPERIMENT, profile)
@@ -138,9 +141,9 @@ def dense(profile: str | None = None, dataset: str = "fashion-mnist", model: str
               "n_train": p["n_train"], "n_test": p["n_test"], "train": p["train"]}
 
     def fn(config, paths):
-        d = data_mod.load(dataset).subset(p["n_train"], p["n_test"])
+        d = data_mod.load(dataset).subset(p["n_train"], p["n_test"]).to(device())
         seed_everything(p["train"]["seed"])
-        net = models.create(model)
+        net = models.create(model).to(device())
         curves = fit(net, d, checkpoint=paths["checkpoint"], desc=f"{model} {dataset}", **p["train"])
         final = evaluate(net, d.test_x, d.test_y)
         save_atomic(net.state_dict(), paths["weights"])
@@ -152,11 +155,14 @@ def dense(profile: str | None = None, dataset: str = "fashion-mnist", model: str
 
 
 def load_dense(record: dict) -> nn.Module:
-    net = models.create(record["config"]["model"])
-    net.load_state_dict(torch.load(runs.paths(EXPERIMENT, record["config"])["weights"], weights_only=True))
+    net = models.create(record["config"]["model"]).to(device())
+    if plan.is_planned(record):  # planning (reprolib.plan): only the structure is read
+        return net.eval()
+    net.load_state_dict(runs.load_weights(runs.paths(EXPERIMENT, record["config"])["weights"], map_location=device()))
     return net.eval()
 
 
+@plan.recipe
 def curve(profile: str | None = None, dataset: str = "fashion-mnist", model: str = "lenet300",
           criterion: str = "magnitude", mode: str = "iterative") -> dict:
     """Accuracy at each sparsity of the profile, ``criterion`` and ``mode`` ("iterative" or "oneshot")."""
@@ -170,7 +176,7 @@ def curve(profile: str | None = None, dataset: str = "fashion-mnist", model: str
               **({"retrain": p["retrain"]} if mode == "iterative" else {})}
 
     def fn(config, paths):
-        d = data_mod.load(dataset).subset(p["n_train"], p["n_test"])
+        d = data_mod.load(dataset).subset(p["n_train"], p["n_test"]).to(device())
         net = load_dense(drec)
         layers = weight_layers(net)
         n = p["obd_batches"] * p["obd_batch"]
@@ -204,10 +210,23 @@ def curve(profile: str | None = None, dataset: str = "fashion-mnist", model: str
     return runs.run(EXPERIMENT, config, fn)
 
 
+def cached(profile: str | None = None, dataset: str = "fashion-mnist") -> bool:
+    """Whether every LeNet run the chapter shows for ``dataset`` (dense nets, curves, CSR) is in the results
+    folder; found by planning (``reprolib.plan``): nothing is loaded or computed."""
+    p = profiles.get(EXPERIMENT, profile)
+    needed = plan.trace(lambda: [curve(profile, dataset, m, c, mode) for m in p["models"] for c in CRITERIA
+                                 for mode in MODES] + [csr(profile, dataset)])
+    return all(r.cached for r in needed)
+
+
 def available(profile: str | None = None) -> dict[str, str | None]:
-    """Each dataset of the profile -> None if it can be loaded here, else why not."""
+    """Each dataset of the profile -> None if the chapter can show it here, else why not. A dataset counts
+    when its runs are cached (its raw files are then never read) or when it can be loaded to compute them."""
     out = {}
     for name in profiles.get(EXPERIMENT, profile)["datasets"]:
+        if cached(profile, name):
+            out[name] = None
+            continue
         try:
             data_mod.load(name)
             out[name] = None
@@ -247,6 +266,7 @@ def csr_copy(model: nn.Module) -> nn.Module:
     return out.eval()
 
 
+@plan.recipe
 def csr(profile: str | None = None, dataset: str = "fashion-mnist") -> dict:
     """LeNet-300-100 (magnitude-pruned one-shot from the dense net) with CSR weights vs dense: latency
     at the profile's batch sizes, bytes of weight storage, and the outputs' largest difference."""
@@ -261,7 +281,7 @@ def csr(profile: str | None = None, dataset: str = "fashion-mnist") -> dict:
         scores = weight_scores(net, "magnitude", layers)
         dense_bytes = sum(net.get_submodule(n).weight.numel() * 4 for n in layers)
         nets, rows = {"dense": net}, {"dense": {"sparsity": 0.0, "bytes": dense_bytes}}
-        x = torch.rand(64, 1, 28, 28)
+        x = torch.rand(64, 1, 28, 28).to(device())
         for s in p["sparsities"]:
             masked = copy.deepcopy(net)
             masks = prune_to(masked, scores, s, scope=p["scope"])
@@ -286,6 +306,7 @@ def _resnet_masks(model: nn.Module, sparsity: float, scope: str) -> dict:
     return masks_mod.weight_masks(weight_scores(model, "magnitude", weight_layers(model)), sparsity, scope)
 
 
+@plan.recipe
 def resnet(profile: str | None = None, sparsity: float = 0.9) -> dict:
     """The ResNet-56 baseline magnitude-pruned to ``sparsity``, fine-tuned with pruned weights held at zero."""
     p = profiles.get(EXPERIMENT, profile)
@@ -295,7 +316,7 @@ def resnet(profile: str | None = None, sparsity: float = 0.9) -> dict:
               "finetune": p["resnet_finetune"]}
 
     def fn(config, paths):
-        d = data_mod.load(base["config"]["dataset"]).subset(config["n_train"], config["n_test"])
+        d = data_mod.load(base["config"]["dataset"]).subset(config["n_train"], config["n_test"]).to(device())
         net = baseline.load_model(base)
         masks = _resnet_masks(net, sparsity, p["scope"])
         apply_weight_masks(net, masks)
@@ -314,6 +335,7 @@ def resnet(profile: str | None = None, sparsity: float = 0.9) -> dict:
     return runs.run(EXPERIMENT, config, fn)
 
 
+@plan.recipe
 def latency(profile: str | None = None) -> dict:
     """Median CPU latency of the dense ResNet-56 and of its magnitude-pruned copies (zeros in dense kernels)."""
     p = profiles.get(EXPERIMENT, profile)

@@ -147,8 +147,10 @@ class _AbstractRun(fx.Interpreter):
         raise unsupported(f"method .{target}() at node {self.current.name!r}")
 
 
+@torch.enable_grad()  # the pass reads gradients of the masks: it must work inside a caller's torch.no_grad()
 def liveness(gm: fx.GraphModule, keep: dict[str, torch.Tensor], input_size, exact: bool = True) -> Liveness:
-    """Run the abstract copy of ``gm`` under the keep-masks ``keep`` (module name -> bool per filter)."""
+    """Run the abstract copy of ``gm`` under the keep-masks ``keep`` (module name -> bool per filter).
+    Only the masks and the input need gradients, so the model's own parameters may be frozen."""
     run = _AbstractRun(gm, keep, exact)
     x = torch.ones(tuple(input_size), dtype=torch.float64, requires_grad=True)
     out = run.run(x)

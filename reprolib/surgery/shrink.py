@@ -26,8 +26,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
+from ..device import of as device_of
 from .abstract import ADD, RELU_FUNCTIONS, ZERO_PRESERVING, bn_after, liveness, unsupported
 from .ops import ConstantMap, Empty, Expand, IndexAdd
+from .inplace import mark_inplace
 
 FORMAT = "reprolib-shrunk-1"
 CHANNELWISE_MODULES = ZERO_PRESERVING + (nn.modules.batchnorm._BatchNorm, nn.MaxPool2d, nn.AvgPool2d,
@@ -60,7 +62,7 @@ def check_masks(model: nn.Module, masks: dict) -> dict[str, torch.Tensor]:
                              f"(use names from model.named_modules(), e.g. 'layer1.0.conv1')") from None
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             raise ValueError(f"mask for {name!r}: masks apply to Conv2d / Linear filters, not {type(m).__name__}")
-        keep = torch.as_tensor(keep).flatten()
+        keep = torch.as_tensor(keep).flatten().cpu()  # the channel analysis runs on the CPU
         if keep.dtype != torch.bool:
             raise ValueError(f"mask for {name!r} must be boolean (True = keep the filter), got {keep.dtype}")
         if len(keep) != m.weight.shape[0]:
@@ -77,6 +79,7 @@ def apply_masks(model: nn.Module, masks: dict) -> nn.Module:
     model = copy.deepcopy(model)
     for name, keep in masks.items():
         m = model.get_submodule(name)
+        keep = keep.to(m.weight.device)
         m.weight[~keep] = 0
         if m.bias is not None:
             m.bias[~keep] = 0
@@ -84,8 +87,9 @@ def apply_masks(model: nn.Module, masks: dict) -> nn.Module:
         if src in masks:
             bn = model.get_submodule(bn_name)
             if bn.affine:
-                bn.weight[~masks[src]] = 0
-                bn.bias[~masks[src]] = 0
+                keep = masks[src].to(bn.weight.device)
+                bn.weight[~keep] = 0
+                bn.bias[~keep] = 0
     return model
 
 
@@ -210,7 +214,7 @@ def _slice_module(m: nn.Module, k_out: list[int], k_in: list[int] | None) -> nn.
                 getattr(new, name).data.copy_(getattr(m, name).data[o])
         if m.num_batches_tracked is not None:
             new.num_batches_tracked.copy_(m.num_batches_tracked)
-        return new
+        return _like(new, m)
     i = torch.tensor(k_in, dtype=torch.long)
     if isinstance(m, nn.Conv2d):
         new = nn.Conv2d(len(k_in), len(k_out), m.kernel_size, m.stride, m.padding, m.dilation, 1,
@@ -220,13 +224,21 @@ def _slice_module(m: nn.Module, k_out: list[int], k_in: list[int] | None) -> nn.
     new.weight.data.copy_(m.weight.data[o][:, i])
     if m.bias is not None:
         new.bias.data.copy_(m.bias.data[o])
-    return new.train(m.training)
+    return _like(new, m)
+
+
+def _like(new: nn.Module, old: nn.Module) -> nn.Module:
+    """``new`` in ``old``'s train/eval mode, its parameters frozen where ``old``'s are: a shrunk copy of an eval-mode
+    network (BN on running statistics) or of a frozen one is the same."""
+    for name, p in new.named_parameters(recurse=False):
+        p.requires_grad_(getattr(old, name).requires_grad)
+    return new.train(old.training)
 
 
 def _replace(gm: fx.GraphModule, node: fx.Node, module: nn.Module, args) -> None:
     """Swap ``node`` for a call of ``module`` (a new submodule named after the node) on ``args``."""
     name = f"surgery_{node.name}"
-    gm.add_submodule(name, module)
+    gm.add_submodule(name, module.train(gm.training))
     with gm.graph.inserting_before(node):
         new = gm.graph.call_module(name, tuple(args))
     new.meta = dict(node.meta)
@@ -289,6 +301,7 @@ def _build(gm: fx.GraphModule, root: dict, kinds: dict, keep: dict) -> fx.GraphM
                 gm.add_submodule("surgery_output", Expand(gm_shape(nodes, name)[1], k(name)))
                 with gm.graph.inserting_before(node):
                     node.args = (gm.graph.call_module("surgery_output", (out,)),)
+    mark_inplace(gm)  # additions whose operand is dead afterwards add into it at inference
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()
@@ -310,7 +323,7 @@ def shrink(model: nn.Module, masks: dict, input_size=(1, 3, 32, 32), exact: bool
     root, kinds = _groups(gm)
     live = liveness(gm, masks, input_size, exact=exact)
     keep = _plan(gm, root, kinds, live)
-    small = _build(gm, root, kinds, keep)
+    small = _build(gm, root, kinds, keep).to(device_of(model))  # new layers are built on the CPU
     small.description = {
         "format": FORMAT, "model": getattr(model, "registry_name", None),
         "model_kwargs": dict(getattr(model, "registry_kwargs", {})), "input_size": list(input_size),

@@ -61,6 +61,10 @@ def _batchnorm_after(model: nn.Module, name: str) -> str | None:
 
 
 def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` in place of module ``name``, its parameters frozen where the old ones were."""
+    old = model.get_submodule(name)
+    for p_name, p in new.named_parameters(recurse=False):
+        p.requires_grad_(getattr(old, p_name).requires_grad)
     parent, child = name.rsplit(".", 1)
     setattr(model.get_submodule(parent), child, new)
 

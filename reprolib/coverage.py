@@ -1,0 +1,99 @@
+"""Which pruning methods the two survey documents name, and where the book measures each one, or why not.
+
+``METHODS`` is the registry behind the coverage table of the criteria-benchmark chapter. An entry that is
+``measured`` names what implements it (a criterion of ``reprolib.criteria`` or a function, as
+``"module:function"``) and the notebook that measures it; ``tests/test_coverage.py`` checks that both exist,
+so the table cannot claim a method the code does not have. Any other status carries the reason.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+SUMMARY, QIN = "summary-of-pruning.txt", "pruning-techniques-analysis.txt"
+STATUSES = ("measured", "planned", "not measured")
+
+
+@dataclass(frozen=True)
+class Method:
+    document: str
+    section: str
+    method: str
+    status: str
+    chapter: str | None = None          # notebook name (notebooks/<chapter>.ipynb) where it is measured
+    implemented_by: tuple[str, ...] = ()  # criterion names, or "module:function"
+    note: str = ""                       # where in the chapter, or why it is not measured
+
+
+_CB, _WP, _ST, _TG = "criteria-benchmark", "weight-pruning", "structural-vs-nominal", "thinet-vs-gradient"
+METHODS: tuple[Method, ...] = (
+    Method(SUMMARY, "1", "Optimal Brain Damage (LeCun et al.)", "measured", _WP, ("obd",),
+           "LeNet-300-100 / LeNet-5, Gauss-Newton diagonal of the Hessian"),
+    Method(SUMMARY, "1", "Optimal Brain Surgeon (Hassibi & Stork)", "planned", note="issue 19: layer-wise OBS with "
+           "the inverse Hessian, checked against brute force on a tiny layer"),
+    Method(SUMMARY, "1", "magnitude pruning, LWC (Han et al.)", "measured", _WP, ("magnitude",),
+           "iterative and one-shot, LeNets and ResNet-56"),
+    Method(SUMMARY, "1.1", "sensitivity-driven regularisation (Tartaglione et al.)", "planned", note="issue 19"),
+    Method(SUMMARY, "1.2", "gradual magnitude pruning, cubic schedule (Zhu & Gupta)", "planned", note="issue 19"),
+    Method(SUMMARY, "2.1", "structured sparsity learning, group lasso (Wen et al.)", "planned", note="issue 19"),
+    Method(SUMMARY, "2.2", "filter group approximation", "planned",
+           note="issue 19: at reduced scale if it fits, else the reason and the cost"),
+    Method(SUMMARY, "3.1", "L1-norm filter pruning (Li et al.)", "measured", _CB, ("l1norm",),
+           "every target; also the HRank and ThiNet chapters' control"),
+    Method(SUMMARY, "3.2", "network trimming, APoZ (Hu et al.)", "measured", _CB, ("apoz",),
+           "filters of ResNet-56, and the iterative trimming of VGG-16"),
+    Method(SUMMARY, "4.1", "network slimming, BN scaling factors (Liu et al.)", "measured", _ST,
+           ("bn_gamma", "reprolib.slimming:prune"), "sparsity training with an L1 on gamma, three iterations"),
+    Method(SUMMARY, "4.2", "LASSO channel selection + least squares (He et al.)", "planned", note="issue 19"),
+    Method(SUMMARY, "4.3", "ThiNet (Luo et al.)", "measured", _TG, ("reprolib.criteria.thinet:thinet_prune",),
+           "VGG-16 at four ratios, against the gradient-outlier method"),
+    Method(SUMMARY, "4.4", "discrimination-aware channel pruning, DCP", "planned", note="issue 19"),
+    Method(SUMMARY, "4.5", "squeeze-and-excitation networks", "not measured",
+           note="a channel-attention architecture, not a pruning method; the summary presents it before FBS"),
+    Method(SUMMARY, "4.6", "feature boosting and suppression, FBS (dynamic)", "planned", note="issue 19"),
+    Method(SUMMARY, "4.7", "filter pruning via geometric median, FPGM (He et al.)", "measured", _CB, ("fpgm",),
+           "the summary gives only the heading"),
+    Method(SUMMARY, "4.8", "kernel sparsity and entropy, KSE", "planned", note="issue 19; the summary gives only the "
+           "heading"),
+    Method(SUMMARY, "4.9", "budget-aware regularisation, BAR", "planned", note="issue 19; the summary gives only the "
+           "heading"),
+    Method(SUMMARY, "5.1", "SkipNet (dynamic block skipping)", "planned",
+           note="issue 19: at reduced scale if it fits, else the reason and the cost"),
+    Method(SUMMARY, "6.1", "DAC, data-free acceleration", "planned", note="issue 19; the summary gives only the heading"),
+    Method(SUMMARY, "7.1", "N2N learning (reinforcement learning)", "planned",
+           note="issue 19: at reduced scale if it fits, else the reason and the cost"),
+    Method(SUMMARY, "7.2", "ADC / AMC (reinforcement learning)", "planned", note="issue 19"),
+    Method(QIN, "2 (Formula 1)", "channel pruning by BN scaling factors", "measured", _ST,
+           ("bn_gamma", "reprolib.slimming:prune"), "network slimming; bn_gamma in the criteria benchmark"),
+    Method(QIN, "3 (Formula 2), 6.1", "neuron pruning by APoZ on VGG-16", "measured", _CB,
+           ("apoz", "reprolib.experiments.criteria_benchmark:apoz_iterations"), "six trimming iterations"),
+    Method(QIN, "4, 6.4", "weight pruning of LeNet-300-100 / LeNet-5", "measured", _WP, ("magnitude",),
+           "Fashion-MNIST (MNIST where it can be had)"),
+    Method(QIN, "5", "layer pruning of residual blocks by BN gamma", "measured", _CB,
+           ("reprolib.experiments.criteria_benchmark:layer_pruning",), "against blocks removed at random"),
+    Method(QIN, "6.2", "ThiNet on VGG-16 / ResNet-50, ImageNet (Table 2)", "not measured",
+           note="ImageNet results quoted from the original papers; ThiNet itself runs on CIFAR-10 in " + _TG),
+    Method(QIN, "6.3", "extreme pruning of YOLOv3", "not measured",
+           note="a detector trained on detection data, far beyond 2 CPU cores; no data set for it here"),
+)
+
+
+def resolve(name: str):
+    """The object an ``implemented_by`` entry names: a criterion (``criteria.get``) or ``module:function``."""
+    if ":" in name:
+        module, attr = name.split(":")
+        return getattr(importlib.import_module(module), attr)
+    from . import criteria
+    return criteria.get(name)
+
+
+def table() -> list[dict]:
+    """The coverage table, one row per method, in the documents' order."""
+    return [{"document": m.document.removesuffix(".txt"), "section": m.section, "method": m.method,
+             "status": m.status, "chapter": m.chapter or "", "implemented by": ", ".join(m.implemented_by),
+             "note": m.note} for m in METHODS]
+
+
+def notebook(chapter: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "notebooks" / f"{chapter}.ipynb"

@@ -1,0 +1,32 @@
+"""The coverage registry cannot claim a method that the code or the book does not have."""
+import pytest
+
+from reprolib import coverage
+
+
+@pytest.mark.parametrize("m", [m for m in coverage.METHODS if m.status == "measured"], ids=lambda m: m.method)
+def test_a_measured_method_exists_in_code_and_in_a_chapter(m):
+    assert m.chapter and coverage.notebook(m.chapter).exists()
+    assert m.implemented_by
+    for name in m.implemented_by:
+        assert callable(coverage.resolve(name))
+
+
+def test_every_other_row_says_why():
+    for m in coverage.METHODS:
+        assert m.status in coverage.STATUSES
+        if m.status != "measured":
+            assert m.note and not m.implemented_by
+
+
+def test_resolve_refuses_what_does_not_exist():
+    with pytest.raises(ValueError, match="unknown criterion"):
+        coverage.resolve("kse")
+    with pytest.raises(AttributeError):
+        coverage.resolve("reprolib.slimming:no_such_function")
+
+
+def test_every_section_of_the_summary_has_a_row():
+    sections = {m.section for m in coverage.METHODS if m.document == coverage.SUMMARY}
+    assert {"1.1", "1.2", "2.1", "2.2", "3.1", "3.2", "4.1", "4.2", "4.3", "4.4", "4.5", "4.6", "4.7", "4.8",
+            "4.9", "5.1", "6.1", "7.1", "7.2"} <= sections
