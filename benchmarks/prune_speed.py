@@ -6,7 +6,7 @@ is there, else on a seeded random initialisation: the output says which), these 
 * ``dense``: the ResNet-56;  ``masked``: HRank's zeros, same shapes;
 * ``shrunk``: ``surgery.shrink`` of the masks (the papers' exact rates);
 * ``shrunk_r<k>``: the same masks with ``round_to=k`` (kept filters rounded up to a multiple of k,
-  the extra ones by rank), the hardware-aware option;
+  the extra ones by rank), the hardware-aware option, for each k of ``--round-to`` (default 8 and 16);
 * ``tp``, ``tp_r<k>``: Torch-Pruning (L1 magnitude, per-layer ratio searched so that its true FLOPs
   match ``shrunk`` / ``shrunk_r<k>``; its stem and classifier are left alone, as it cannot prune
   through the option-A shortcut otherwise);
@@ -129,14 +129,15 @@ def one_spec(row: int, s: str, model, scores, dense_onnx: Path, tmp: Path, a) ->
     convs = masks_mod.conv_layers(model)
     rates = spec.parse(s, n_layers=len(convs))
     exact = masks_mod.from_scores(scores, dict(zip(convs, rates)), scope="local")
-    rounded = masks_mod.from_scores(scores, dict(zip(convs, rates)), scope="local", round_to=a.round_to)
-    r = f"r{a.round_to}"
-    nets = {"dense": model, "masked": surgery.apply_masks(model, exact), "shrunk": surgery.shrink(model, exact).eval(),
-            f"shrunk_{r}": surgery.shrink(model, rounded).eval()}
-    nets["tp"], tp_ratio = tp_at_flops(model, flops(nets["shrunk"]), None, a.tp_steps)
-    nets[f"tp_{r}"], tp_ratio_r = tp_at_flops(model, flops(nets[f"shrunk_{r}"]), a.round_to, a.tp_steps)
-    rec = {"row": row, "spec": spec.format(rates), "round_to": a.round_to,
-           "tp_ratio": {"tp": tp_ratio, f"tp_{r}": tp_ratio_r},
+    nets = {"dense": model, "masked": surgery.apply_masks(model, exact), "shrunk": surgery.shrink(model, exact).eval()}
+    for k in a.round_to:
+        rounded = masks_mod.from_scores(scores, dict(zip(convs, rates)), scope="local", round_to=k)
+        nets[f"shrunk_r{k}"] = surgery.shrink(model, rounded).eval()
+    tp_ratio = {}
+    nets["tp"], tp_ratio["tp"] = tp_at_flops(model, flops(nets["shrunk"]), None, a.tp_steps)
+    for k in a.round_to:
+        nets[f"tp_r{k}"], tp_ratio[f"tp_r{k}"] = tp_at_flops(model, flops(nets[f"shrunk_r{k}"]), k, a.tp_steps)
+    rec = {"row": row, "spec": spec.format(rates), "round_to": a.round_to, "tp_ratio": tp_ratio,
            "flops": {k: flops(m) for k, m in nets.items()},
            "params": {k: count(m, CIFAR)["params"] for k, m in nets.items()}}
     rec["flops"]["masked"] = rec["flops"]["dense"]  # same shapes: the zeros are still multiplied
@@ -180,10 +181,9 @@ def training(model, scores, rows: list[int], a) -> list[dict]:
     out = []
     for row in rows:
         rates = spec.parse(spec.table1()[row], n_layers=len(convs))
-        nets = {"dense": model,
-                "shrunk": surgery.shrink(model, masks_mod.from_scores(scores, dict(zip(convs, rates)))),
-                f"shrunk_r{a.round_to}": surgery.shrink(model, masks_mod.from_scores(
-                    scores, dict(zip(convs, rates)), round_to=a.round_to))}
+        nets = {"dense": model, "shrunk": surgery.shrink(model, masks_mod.from_scores(scores, dict(zip(convs, rates))))}
+        for k in a.round_to:
+            nets[f"shrunk_r{k}"] = surgery.shrink(model, masks_mod.from_scores(scores, dict(zip(convs, rates)), round_to=k))
         picks, all_ips = {}, {}
         for k, m in tqdm(nets.items(), desc=f"training formats, row {row}", leave=False):
             picks[k], all_ips[k] = formats.pick_training(m, a.train_batch, repeats=a.train_repeats, warmup=1,
@@ -200,20 +200,22 @@ def training(model, scores, rows: list[int], a) -> list[dict]:
 
 
 def table(out: dict) -> str:
-    r = f"r{out['round_to']}"
     lines = [f"ResNet-56, {out['threads']} threads, fp32 inference (BN folded), medians of round-robin passes",
              f"weights: {out['weights']}; masks: {out['masks']}"]
     for b in out["batches"]:
         lines += ["", f"batch {b}: speed-up vs dense on the same backend (/ = speed-up / true FLOPs ratio)",
                   f"{'row':>3} {'FLOPs x':>7} | {'eager':>12} {'ORT':>12} {'best':>12} | {'TP FLOPs':>8} {'TP best':>12} | "
-                  f"{r + ' FLOPs':>9} {r + ' best':>12}  {'best shrunk':<28}"]
+                  + "".join(f"{'r%d FLOPs' % k:>9} {'r%d best' % k:>12} {'TP r%d best' % k:>12} | " for k in out["round_to"])
+                  + f"{'best shrunk':<28}"]
         for row in out["rows"]:
             c, fr = row[f"b{b}"], row["flops_ratio"]
             cell = lambda backend, net: (f"{c['speedup'][backend][net]:5.2f}x/{c['per_flops'][backend][net]:4.2f}"
                                          if backend in c["speedup"] else "-")
             lines.append(f"{row['row']:>3} {fr['shrunk']:>7.2f} | {cell('eager', 'shrunk'):>12} {cell('ort', 'shrunk'):>12} "
                          f"{cell('best', 'shrunk'):>12} | {fr['tp']:>8.2f} {cell('best', 'tp'):>12} | "
-                         f"{fr['shrunk_' + r]:>9.2f} {cell('best', 'shrunk_' + r):>12}  {c['best']['shrunk']['label']:<28}")
+                         + "".join(f"{fr[f'shrunk_r{k}']:>9.2f} {cell('best', f'shrunk_r{k}'):>12} "
+                                   f"{cell('best', f'tp_r{k}'):>12} | " for k in out["round_to"])
+                         + f"{c['best']['shrunk']['label']:<28}")
     if out.get("training"):
         lines += ["", "training step (SGD, batch %d), each network in its fastest format:" % out["training"][0]["batch_size"]]
         for t in out["training"]:
@@ -268,7 +270,7 @@ def parse_args(argv=None):
     ap.add_argument("--repeats", type=int, default=None, help="passes per network at batch > 1 (default 15)")
     ap.add_argument("--repeats-b1", type=int, default=None, help="passes per network at batch 1 (default 50)")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--round-to", type=int, default=16)
+    ap.add_argument("--round-to", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--tp-steps", type=int, default=None, help="bisection steps for Torch-Pruning's ratio (default 8)")
     ap.add_argument("--train-specs", type=int, nargs="*", default=[1])
     ap.add_argument("--train-batch", type=int, default=128)
@@ -291,8 +293,8 @@ def parse_args(argv=None):
     bad = [r for r in a.specs + a.train_specs if r not in spec.table1()]
     if bad:
         ap.error(f"unknown Table 1 rows {bad}: choose from {list(spec.table1())}")
-    if a.round_to < 2:
-        ap.error(f"--round-to must be >= 2, got {a.round_to}")
+    if any(k < 2 for k in a.round_to):
+        ap.error(f"--round-to values must be >= 2, got {a.round_to}")
     return a
 
 

@@ -38,7 +38,7 @@ def name(fmt: Mapping) -> str:
 
 
 def _check(fmt: Mapping) -> None:
-    if not isinstance(fmt, Mapping) or set(fmt) != {"memory_format", "bf16"}:
+    if not isinstance(fmt, Mapping) or not {"memory_format", "bf16"} <= set(fmt):
         raise ValueError(f"a format is a dict with keys 'memory_format' and 'bf16', got {fmt!r}")
     if fmt["memory_format"] not in MEMORY_FORMATS:
         raise ValueError(f"unknown memory_format {fmt['memory_format']!r}: choose one of {sorted(MEMORY_FORMATS)}")

@@ -59,18 +59,16 @@ def linearised(model: nn.Module) -> nn.Module:
 
 def live_channels(model: nn.Module, module_name: str, x: torch.Tensor) -> int:
     """Brute force: how many channels of ``module_name``'s output change the network's output when set
-    to zero (one batched pass: replica k of ``x`` has channel k zeroed)."""
+    to zero. One batched pass: replica k of ``x`` has channel k zeroed, the last replica nothing (the
+    reference, from the same pass: kernels may round differently at another batch size). A change
+    counts if it exceeds 1e-9 of the output's scale (float64 rounding is ~1e-16; a live channel's
+    effect is many orders larger)."""
     mod = model.get_submodule(module_name)
     with torch.no_grad():
-        base = model(x)
-        c = mod.weight.shape[0] if isinstance(mod, nn.BatchNorm2d) else None
-        if c is None:  # read the width from a pass
-            h = mod.register_forward_hook(lambda m, i, o: setattr(m, "_c", o.shape[1]))
-            model(x)
-            h.remove()
-            c = mod._c
-        reps = x.repeat(c, 1, 1, 1)
-        n = len(x)
+        h = mod.register_forward_hook(lambda m, i, o: setattr(m, "_c", o.shape[1]))
+        model(x)
+        h.remove()
+        c, n = mod._c, len(x)
 
         def zero(m, inp, out):
             out = out.clone()
@@ -78,9 +76,11 @@ def live_channels(model: nn.Module, module_name: str, x: torch.Tensor) -> int:
                 out[k * n:(k + 1) * n, k] = 0
             return out
         h = mod.register_forward_hook(zero)
-        out = model(reps)
+        out = model(x.repeat(c + 1, 1, 1, 1))
         h.remove()
-    changed = [(out[k * n:(k + 1) * n] - base).abs().max().item() > 0 for k in range(c)]
+    base = out[c * n:]
+    tol = 1e-9 * base.abs().max().item()
+    changed = [(out[k * n:(k + 1) * n] - base).abs().max().item() > tol for k in range(c)]
     return sum(changed)
 
 
@@ -93,7 +93,7 @@ def test_shrunk_widths_params_and_flops_match_a_brute_force_count():
     masks = resnet20_masks()
     masked = linearised(surgery.apply_masks(model, masks).eval())
     small = surgery.shrink(model, masks)
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
 
     stream, size, params, flops = live_channels(masked, "relu", x), 32, 0, 0
     widths = {"conv1": stream}
@@ -175,8 +175,9 @@ def test_index_add_plans_compute_equation_1(case, mode, monkeypatch):
         for x, sel in ((a0, op.sel_a), (b0, op.sel_b)):
             used = torch.zeros(x.shape[1], dtype=torch.bool)
             used[sel] = True
-            assert torch.equal(x.grad[:, used], torch.ones_like(x.grad[:, used]))
-            assert not x.grad[:, ~used].any()
+            grad = x.grad if x.grad is not None else torch.zeros_like(x)  # an operand not used at all: no gradient
+            assert torch.equal(grad[:, used], torch.ones_like(grad[:, used]))
+            assert not grad[:, ~used].any()
     elif mode == "no_grad_inplace":
         op.inplace = (True, True)
         with torch.no_grad():
