@@ -14,17 +14,7 @@ from reprolib.surgery.ops import IndexAdd
 SIZE = (1, 3, 32, 32)
 
 
-def trained_looking(name: str, seed: int = 0) -> nn.Module:
-    """Random BN statistics and affine terms (a fresh BN is the identity and would hide leaks)."""
-    torch.manual_seed(seed)
-    m = create(name)
-    for mod in m.modules():
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm):
-            mod.weight.data.uniform_(0.2, 0.6)
-            mod.bias.data.normal_(0, 0.3)
-            mod.running_mean.normal_(0, 0.2)
-            mod.running_var.uniform_(0.5, 1.5)
-    return m.eval()
+from test_surgery import trained_looking  # noqa: E402  (random BN statistics: leaks show)
 
 
 def resnet20_masks(seed: int = 1) -> dict:
