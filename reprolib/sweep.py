@@ -1,7 +1,7 @@
 """Compute the runs that the chapters need: in this process, or as Ray tasks on a local or a real cluster.
 
     python -m reprolib.sweep EXPERIMENT|all --profile P [--dry-run]
-           [--executor inline|ray] [--address ADDR] [--cpus-per-run N] [--gpus-per-run G]
+           [--executor inline|ray] [--address ADDR] [--cpus-per-run N] [--gpus-per-run G] [--skip-timed]
 
 The plan of a study is its ``all_runs(profile)`` traced in planning mode (``reprolib.plan``): the same call
 its chapter makes, so the sweep and the book cannot disagree on which runs exist. ``--dry-run`` prints it.
@@ -242,11 +242,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus-per-run", type=int, default=1, help="CPU threads per run (default 1)")
     ap.add_argument("--gpus-per-run", type=float, default=0, help="GPUs per run with --executor ray (default 0)")
     ap.add_argument("--retries", type=int, default=2, help="retries of a run whose worker died (default 2)")
+    ap.add_argument("--skip-timed", action="store_true",
+                    help="leave out the timed runs (latency), to time them later alone on a quiet machine")
     a = ap.parse_args(argv)
     profile = a.profile or profiles.default_profile()
     plan = build(list(STUDIES) if a.experiment == "all" else [a.experiment], profile)
     print(table(plan))
     todo = missing_in_order(plan)
+    if a.skip_timed and any(r.timed for r in todo):
+        print("left out (timed, --skip-timed): " + ", ".join(r.key for r in todo if r.timed))
+        todo = [r for r in todo if not r.timed]
     if a.dry_run or not todo:
         return 0
     t0 = time.time()

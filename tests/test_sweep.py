@@ -123,3 +123,16 @@ def test_a_killed_worker_is_retried_and_resumes_to_the_same_record(local_ray, tm
     finally:
         torch.set_num_threads(threads)
     assert rec["metrics"] == ref["metrics"] and rec["hash"] == ref["hash"]
+
+
+def test_skip_timed_leaves_the_latency_runs_out_and_names_them(monkeypatch, capsys):
+    seen = []
+    monkeypatch.setattr(sweep, "run_inline", lambda todo, threads=None: seen.append([r.key for r in todo]) or [])
+    p = sweep.build(["criteria_benchmark"], "smoke")
+    timed = {r.key for r in p if r.timed}
+    assert timed  # the chapter's latency run
+    assert sweep.main(["criteria_benchmark", "--profile", "smoke", "--skip-timed"]) == 0
+    assert seen and not timed & set(seen[0]) and len(seen[0]) == sum(not r.cached for r in p) - len(timed)
+    assert all(k in capsys.readouterr().out for k in timed)
+    assert sweep.main(["criteria_benchmark", "--profile", "smoke"]) == 0  # without the flag they are computed, last
+    assert set(seen[1][-len(timed):]) == timed

@@ -58,12 +58,13 @@ PRESETS = {
     # Every criterion, three uniform targets and one global one, two seeds: one epoch on the first 10,000
     # training images per pruned network (a fifth of a full epoch), all 10,000 test images; 1, 3, 5, 7, 9
     # blocks removed. APoZ: the ThiNet chapter's dense VGG-16, six iterations as in the document's Table 1.
+    # Fine-tuning in bf16 NCHW: faster than channels_last for the narrow shrunk layers on 1 thread.
     "budget": dict(baseline="budget",
                    criteria=["l1norm", "fpgm", "bn_gamma", "apoz", "taylor", "hrank", "random"],
                    targets={"uniform": [0.3, 0.5, 0.7], "global": [0.5]}, seeds=[0, 1],
                    score_batches=5, score_batch=128, n_train=10000, n_test=None,
                    finetune=dict(epochs=1, lr=0.01, schedule="cosine", batch_size=128, momentum=0.9,
-                                 nesterov=True, weight_decay=5e-4, bf16=True, channels_last=True),
+                                 nesterov=True, weight_decay=5e-4, bf16=True, channels_last=False),
                    apoz_iterations=6, apoz_std=1.0, apoz_batches=10, apoz_batch=128,
                    layer_methods=["bn_gamma", "random"], layer_ks=[1, 3, 5, 7, 9],
                    latency_batches=[1, 128], latency_repeats=10),
