@@ -2,9 +2,12 @@
 
     python -m reprolib.sweep EXPERIMENT|all --profile P [--dry-run]
            [--executor inline|ray] [--address ADDR] [--cpus-per-run N] [--gpus-per-run G] [--skip-timed]
+           [--runs FUNCTION]
 
 The plan of a study is its ``all_runs(profile)`` traced in planning mode (``reprolib.plan``): the same call
 its chapter makes, so the sweep and the book cannot disagree on which runs exist. ``--dry-run`` prints it.
+``--runs FUNCTION`` plans another function of the study instead: runs that a chapter shows only where they
+are committed, too long for ``make book`` to compute (hrank's ``protocol_runs``, the study's 30 epochs).
 
 * ``inline``: each missing run is computed here, dependencies first.
 * ``ray``: each missing run is a Ray task with its resource request (``--cpus-per-run`` threads, so CPU
@@ -37,13 +40,19 @@ STUDIES = tuple(n for n in NAMES if n != "baseline")
 ONLY_RUN = "REPROLIB_ONLY_RUN"  # in a worker: the one run it may compute (a missing dependency is an error)
 
 
-def build(experiments: list[str], profile: str) -> list[plan_mod.Run]:
-    """The plan of ``experiments`` (study names) under ``profile``: every run their chapters read, once."""
+def build(experiments: list[str], profile: str, runs_fn: str | None = None) -> list[plan_mod.Run]:
+    """The plan of ``experiments`` (study names) under ``profile``: every run their chapters read, once;
+    with ``runs_fn``, the runs of that function of the study instead (e.g. hrank's ``protocol_runs``)."""
     merged: dict[str, plan_mod.Run] = {}
     for name in experiments:
         module = importlib.import_module(f"reprolib.experiments.{name}")
         # what the chapter reads: chapter_runs where a study has one (ThiNet), else all_runs
         fn = module.run if name == "baseline" else getattr(module, "chapter_runs", module.all_runs)
+        if runs_fn is not None:
+            if not callable(getattr(module, runs_fn, None)) or runs_fn.startswith("_"):
+                raise SystemExit(f"error: --runs {runs_fn}: reprolib.experiments.{name} has no such function "
+                                 "(e.g. hrank's protocol_runs)")
+            fn = getattr(module, runs_fn)
         for r in plan_mod.trace(fn, profile):
             merged.setdefault(r.key, r)
     return plan_mod.link(list(merged.values()))
@@ -242,11 +251,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpus-per-run", type=int, default=1, help="CPU threads per run (default 1)")
     ap.add_argument("--gpus-per-run", type=float, default=0, help="GPUs per run with --executor ray (default 0)")
     ap.add_argument("--retries", type=int, default=2, help="retries of a run whose worker died (default 2)")
+    ap.add_argument("--runs", default=None, metavar="FUNCTION",
+                    help="the runs of this function of the study instead of its chapter's (e.g. hrank's protocol_runs)")
     ap.add_argument("--skip-timed", action="store_true",
                     help="leave out the timed runs (latency), to time them later alone on a quiet machine")
     a = ap.parse_args(argv)
     profile = a.profile or profiles.default_profile()
-    plan = build(list(STUDIES) if a.experiment == "all" else [a.experiment], profile)
+    plan = build(list(STUDIES) if a.experiment == "all" else [a.experiment], profile, a.runs)
     print(table(plan))
     todo = missing_in_order(plan)
     if a.skip_timed and any(r.timed for r in todo):

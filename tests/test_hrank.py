@@ -1,4 +1,5 @@
 """The HRank experiment's helpers: the middle-group sweep and the control masks."""
+import pytest
 import torch
 
 from reprolib import masks as masks_mod, spec
@@ -28,3 +29,20 @@ def test_controls_prune_the_same_number_of_filters_per_layer_as_rank():
     assert any(not torch.equal(by["hrank"][c], by["random"][c]) for c in convs)
     assert torch.equal(hrank.masks_for(model, rates, "random", 0, None)["layer1.0.conv1"],
                        hrank.masks_for(model, rates, "random", 0, None)["layer1.0.conv1"])
+
+
+def test_protocol_runs_are_the_studys_30_epochs_on_all_images_and_differ_from_the_budget_runs():
+    from reprolib import plan, sweep
+    budget = {r.hash for r in plan.trace(hrank.all_runs, "budget")}
+    proto = [r for r in plan.trace(hrank.protocol_runs, "budget") if r.config.get("part") == "finetune"]
+    # 7 specs + spec 1 at lr 0.005 and 0.05 (0.01 is Table 1's spec-1 run) + 2 controls, one seed
+    assert len(proto) == 11 and not budget & {r.hash for r in proto}
+    for r in proto:
+        ft = r.config["finetune"]
+        assert r.config["n_train"] is None and ft["epochs"] == 30 and r.config["profile"] == "budget"
+    assert sorted(r.config["finetune"]["lr"] for r in proto if r.config["criterion"] == "hrank") == \
+        [0.005] + [0.01] * 7 + [0.05]
+    assert {r.config["criterion"] for r in proto} == {"hrank", "l1norm", "random"}
+    assert hrank.protocol_runs("smoke") == {}  # only the budget profile has the section
+    with pytest.raises(SystemExit, match="no such function"):
+        sweep.build(["hrank"], "budget", "nope")
