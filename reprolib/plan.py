@@ -117,6 +117,16 @@ def trace(fn, *args, **kwargs) -> list[Run]:
     return link(list(seen.values()))
 
 
+def committed(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)`` (a study's ``all_runs``) computing nothing: committed runs are their records,
+    missing ones placeholders (``is_planned``). For pages that show what exists, e.g. the reproduction summary."""
+    token = _PLANNING.set({})
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        _PLANNING.reset(token)
+
+
 def link(plan: list[Run]) -> list[Run]:
     """Fill each run's dependencies (runs of the plan whose hash its config names) and cost."""
     by_hash = {r.hash: r.key for r in plan}

@@ -143,3 +143,12 @@ def test_trim_layers_of_vgg16_are_its_last_conv_block_and_hidden_fc():
     layers = cb.trim_layers(vgg)
     assert [type(vgg.get_submodule(n)).__name__ for n in layers] == ["Conv2d"] * 3 + ["Linear"]
     assert vgg.get_submodule(layers[-1]).out_features == 512 and layers[2] == conv_layers(vgg)[-1]
+
+
+def test_curve_test_says_what_the_curves_and_the_reported_accuracy_are_measured_on():
+    d = data.synthetic_cifar10(64, 1500)
+    assert cb.curve_test(d, {"bf16": True}) == {"test_images": cb.CURVE_TEST, "precision": "bf16",
+                                                "reported_test_acc": "all 1,500 test images, fp32"}
+    small = data.synthetic_cifar10(64, 300)
+    assert cb.curve_test(small, {"bf16": False})["test_images"] == 300
+    assert cb.curve_test(small, {"bf16": False})["precision"] == "fp32"

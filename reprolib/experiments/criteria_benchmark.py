@@ -240,6 +240,13 @@ def _finetune(model: nn.Module, d, seed: int, finetune: dict, checkpoint, desc: 
     return curves, evaluate(model, d.test_x, d.test_y)["acc"]
 
 
+def curve_test(d, finetune: dict) -> dict:
+    """What the per-epoch curves of ``_finetune`` are evaluated on, recorded beside them in each results file
+    (the reported ``test_acc`` is on every test image of ``d``, in fp32)."""
+    return {"test_images": min(CURVE_TEST, len(d.test_y)), "precision": "bf16" if finetune.get("bf16") else "fp32",
+            "reported_test_acc": f"all {len(d.test_y):,} test images, fp32"}
+
+
 @plan.recipe
 def finetune(profile: str | None = None, criterion: str = "l1norm", scope: str = "uniform", target: float = 0.5,
              seed: int = 0) -> dict:
@@ -256,7 +263,7 @@ def finetune(profile: str | None = None, criterion: str = "l1norm", scope: str =
         d = data_mod.load(base["config"]["dataset"]).subset(p["n_train"], p["n_test"]).to(device())
         curves, acc = _finetune(small, d, seed, p["finetune"], paths["checkpoint"],
                                 f"{criterion} {scope} {target:.0%} seed {seed}")
-        return {"model": base["model"], **d.describe(), "curves": curves,
+        return {"model": base["model"], **d.describe(), "curves": curves, "curve_test": curve_test(d, p["finetune"]),
                 "metrics": {"test_acc": acc, "baseline_test_acc": base["metrics"]["test_acc"], **srec["metrics"]}}
     return runs.run(EXPERIMENT, config, fn)
 
@@ -327,6 +334,7 @@ def layer_pruning(profile: str | None = None, method: str = "bn_gamma", k: int =
         before = evaluate(small, d.test_x, d.test_y)["acc"]
         curves, acc = _finetune(small, d, seed, p["finetune"], paths["checkpoint"], f"{k} blocks {method}")
         return {"model": base["model"], "removed": gone, **d.describe(), "curves": curves,
+                "curve_test": curve_test(d, p["finetune"]),
                 "metrics": {"test_acc": acc, "test_acc_before_finetune": before,
                             "baseline_test_acc": base["metrics"]["test_acc"],
                             "params_true": true["params"], "flops_true": true["flops"],

@@ -166,3 +166,76 @@ if __name__ == "__main__":
     res = all_runs(ap.parse_args().profile)
     for section, recs in res.items():
         print(section, [round(r["metrics"]["test_acc"], 4) for r in recs])
+
+
+def comparisons(profile: str | None = None) -> list:
+    """The reproduction summary's rows of the HRank chapter, from the committed runs only: Table 1's counts
+    under the study's rule (no training), its accuracies at the profile's fine-tuning and, where committed, at
+    the study's 30-epoch protocol (``protocol_runs``), and the learning-rate claims of Fig. 3."""
+    import math
+    from .. import models, reference, summary
+    p = profiles.get("hrank", profile)
+    ref = reference.load("hrank_table1")
+    paper = ref.pivot_table(index="row", columns="metric", values="value", aggfunc="first")
+    paper.index = paper.index.astype(int)
+    n_layers = len(masks_mod.conv_layers(models.create("resnet56")))
+    rows, chapter = [], "hrank-resnet56"
+    for row, s in spec_mod.table1().items():
+        hr = count(models.create("resnet56"), CIFAR, convention="hrank", rates=spec_mod.parse(s, n_layers=n_layers))
+        for metric, n, label in (("params_M", hr["params"], "params (M)"), ("flops_M", hr["flops"], "FLOPs (M)")):
+            mine = round(n / 1e6, 2)
+            rows.append(summary.Row(chapter, f"Table 1 row {row}: {label}, the study's counting rule",
+                                    float(paper.loc[row, metric]), mine, "counted, no training",
+                                    summary.judge(paper.loc[row, metric], mine, 0.005),
+                                    "tolerance: the printed precision (0.005M)"))
+
+    def accuracy_rows(recs, label, protocol):
+        by_row = {}
+        row_of = {spec_mod.format(spec_mod.parse(s)): r for r, s in spec_mod.table1().items()}
+        for rec in recs:
+            if not plan.is_planned(rec):
+                by_row.setdefault(row_of[rec["config"]["spec"]], []).append(rec)
+        for row in spec_mod.table1():
+            got = by_row.get(row, [])
+            accs = [100 * r["metrics"]["test_acc"] for r in got]
+            mean = sum(accs) / len(accs) if accs else None
+            sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else None
+            dense = 100 * got[0]["metrics"]["baseline_test_acc"] if got else None
+            why = (f"our dense network {dense:.2f}% (JPEG copy), the study states none; drop from ours "
+                   f"{mean - dense:+.2f} points" + (f", seed std {sd:.2f}" if sd is not None else ", one seed")
+                   if got else "")
+            rows.append(summary.Row(chapter, f"Table 1 row {row}: accuracy (%), {label}", float(paper.loc[row, "top1_pct"]),
+                                    mean, protocol, "not comparable" if got else "not run yet", why))
+    runs_ = plan.committed(all_runs, profile)
+    ft = p["finetune"]
+    accuracy_rows(runs_["table1"], f"{ft['epochs']}-epoch fine-tuning ({p['profile']})",
+                  f"{p['profile']}: {ft['epochs']} epoch(s) on {p['n_train'] or 50000:,} images, {len(p['seeds'])} seed(s)")
+    if "protocol" in p:
+        q = p["protocol"]
+        accuracy_rows(plan.committed(protocol_runs, profile)["table1"], "the study's 30 epochs",
+                      f"{p['profile']} baseline, {q['finetune']['epochs']} epochs on all 50,000 images, "
+                      f"{len(q['seeds'])} seed(s)")
+    # Fig. 3: which learning rate is best, 0.005 (Section 3.7, Conclusion) or 0.05 (Abstract)?
+    lrs = {r["config"]["finetune"]["lr"]: 100 * r["metrics"]["test_acc"] for r in runs_["lr"] if not plan.is_planned(r)}
+    spec1 = [100 * r["metrics"]["test_acc"] for r in runs_["table1"]
+             if not plan.is_planned(r) and r["config"]["spec"] == spec_mod.format(spec_mod.parse(spec_mod.table1()[1]))]
+    sd = (sum((a - sum(spec1) / len(spec1)) ** 2 for a in spec1) / (len(spec1) - 1)) ** 0.5 if len(spec1) > 1 else None
+    for lr_paper, where in ((0.005, "Section 3.7 and Conclusion"), (0.05, "the Abstract")):
+        if lr_paper not in lrs:
+            rows.append(summary.Row(chapter, f"best fine-tuning learning rate ({where})", lr_paper, None,
+                                    p["profile"], "not run yet"))
+            continue
+        best = max(lrs, key=lrs.get)
+        gap = lrs[best] - lrs.get(lr_paper, float("nan"))
+        if best == lr_paper:
+            verdict = "reproduced" if sd is not None and all(lrs[best] - a > sd for k, a in lrs.items() if k != best) \
+                else "not comparable"
+        else:
+            verdict = "not reproduced" if sd is not None and gap > sd else "not comparable"
+        why = (f"one seed per rate; {lr_paper:g} reaches {lrs.get(lr_paper, float('nan')):.2f}%, the best "
+               f"{lrs[best]:.2f}%; spec 1's seed std at lr {ft['lr']:g}: "
+               + (f"{sd:.2f} points" if sd is not None else "unknown (one seed)")
+               + ("; the gaps are within it" if verdict == "not comparable" else ""))
+        rows.append(summary.Row(chapter, f"best fine-tuning learning rate ({where})", lr_paper, best,
+                                f"{p['profile']}: {ft['epochs']} epoch(s) on {p['n_train'] or 50000:,} images", verdict, why))
+    return rows

@@ -586,3 +586,50 @@ if __name__ == "__main__":
               f"acc {m['test_acc']:.4f}{extra} ({rec['wall_time_s'] / 60:.1f} min) -> {rec['hash']}")
     lat = latency(a.profile)
     print(f"latency ({lat['threads']} thread(s)) -> {lat['hash']}")
+
+
+def comparisons(profile: str | None = None) -> list:
+    """The reproduction summary's rows of this chapter: the document's Table 1 accuracies beside ours, and its
+    conclusion (the gradient method ahead at every r), from the committed runs only."""
+    import numpy as np
+    from .. import reference, summary
+    p = profiles.get("thinet_vs_gradient", profile)
+    recs = [r for r in plan.committed(all_runs, profile) if not plan.is_planned(r)]
+    ref = reference.load("thinet_vs_gradient").query("table == 'Table 1' and metric == 'top1_frac'").copy()
+    ref["r"] = ref["row"].str.split(" / ").str[0].astype(float)
+    ref["method"] = np.where(ref["row"].str.contains("Our Approach"), "gradient", "thinet")
+    df = frame(recs) if recs else pd.DataFrame(columns=["method", "r", "test_acc"])
+    stats = df.groupby(["method", "r"])["test_acc"].agg(["mean", "std", "count"])
+    protocol = (f"{p['profile']}: {p['epochs']} epochs on {p['n_train'] or 50000:,} training images, "
+                f"{len(p['seeds'])} seed(s)")
+    why = (f"trained on {p['n_train']:,} of the 50,000 training images, with our optimiser (the document gives none)"
+           if p["n_train"] else "our optimiser (the document gives none)")
+    rows = []
+    for _, row in ref.sort_values(["method", "r"], ascending=[True, False]).iterrows():
+        key = (row["method"], row["r"])
+        ours = float(stats.loc[key, "mean"]) if key in stats.index else None
+        sd = f", seed std {stats.loc[key, 'std']:.4f}" if key in stats.index and stats.loc[key, "count"] > 1 else ""
+        rows.append(summary.Row("thinet-vs-gradient", f"{LABELS[row['method']]} test accuracy at r = {row['r']} "
+                                "(Table 1, fraction)", float(row["value"]), ours, protocol,
+                                "not run yet" if ours is None else "not comparable", why + sd))
+    g = df.groupby(["r", "method"])["test_acc"] if len(df) else None
+    mean, std = (g.mean().unstack(), g.std().unstack()) if g is not None else (pd.DataFrame(), pd.DataFrame())
+    rs = [r for r in sorted(ref["r"].unique(), reverse=True) if r in mean.index and {"gradient", "thinet"} <= set(mean)]
+    diff = {r: mean.loc[r, "gradient"] - mean.loc[r, "thinet"] for r in rs}
+    spread = {r: float(np.hypot(std.loc[r, "gradient"], std.loc[r, "thinet"])) for r in rs}  # NaN with one seed
+    clear = [r for r in rs if abs(diff[r]) > spread[r]]
+    ahead = [r for r in rs if diff[r] > 0]
+    if not rs:
+        verdict, why = "not run yet", ""
+    elif len(ahead) == len(rs) == 4 and len(clear) == 4:
+        verdict, why = "reproduced", "every difference exceeds the seeds' spread"
+    elif any(diff[r] < 0 for r in clear):
+        verdict, why = "not reproduced", "ThiNet ahead beyond the seeds' spread at r = " + ", ".join(
+            str(r) for r in clear if diff[r] < 0)
+    else:
+        verdict, why = "not comparable", ("the differences at r = " + ", ".join(str(r) for r in rs if r not in clear)
+                                          + " are within the seeds' spread")
+    rows.append(summary.Row("thinet-vs-gradient", "the gradient method more accurate than ThiNet at each r (Table 1)",
+                            "4 of 4", f"{len(ahead)} of {len(rs)} (seed means)" if rs else None, protocol, verdict,
+                            why + "; equal nominal r, not equal cost: the chapter also compares them at equal FLOPs"))
+    return rows
