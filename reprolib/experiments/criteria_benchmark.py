@@ -58,13 +58,16 @@ PRESETS = {
     # Every criterion, three uniform targets and one global one, two seeds: one epoch on the first 10,000
     # training images per pruned network (a fifth of a full epoch), all 10,000 test images; 1, 3, 5, 7, 9
     # blocks removed. APoZ: the ThiNet chapter's dense VGG-16, six iterations as in the document's Table 1.
-    # Fine-tuning in bf16 NCHW: faster than channels_last for the narrow shrunk layers on 1 thread.
+    # Fine-tuning in bf16 NCHW: faster than channels_last for the narrow shrunk layers on 1 thread; the APoZ
+    # trimming of the (masked, full-width) VGG-16 keeps channels_last (its run was computed that way).
     "budget": dict(baseline="budget",
                    criteria=["l1norm", "fpgm", "bn_gamma", "apoz", "taylor", "hrank", "random"],
                    targets={"uniform": [0.3, 0.5, 0.7], "global": [0.5]}, seeds=[0, 1],
                    score_batches=5, score_batch=128, n_train=10000, n_test=None,
                    finetune=dict(epochs=1, lr=0.01, schedule="cosine", batch_size=128, momentum=0.9,
                                  nesterov=True, weight_decay=5e-4, bf16=True, channels_last=False),
+                   apoz_finetune=dict(epochs=1, lr=0.01, schedule="cosine", batch_size=128, momentum=0.9,
+                                      nesterov=True, weight_decay=5e-4, bf16=True, channels_last=True),
                    apoz_iterations=6, apoz_std=1.0, apoz_batches=10, apoz_batch=128,
                    layer_methods=["bn_gamma", "random"], layer_ks=[1, 3, 5, 7, 9],
                    latency_batches=[1, 128], latency_repeats=10),
@@ -355,9 +358,10 @@ def trim_layers(model: nn.Module) -> list[str]:
 
 
 def trim(apoz_scores: dict, masks: dict, std_factor: float) -> dict:
-    """Hu et al.'s step: in each layer, drop the still-kept neurons whose APoZ (1 - the ``apoz`` criterion's
-    score) exceeds the mean APoZ of the kept ones by more than ``std_factor`` standard deviations, and those
-    that never fire on the data (APoZ 1: when half a layer is dead, mean + std is above 1)."""
+    """One trimming step (Hu et al.'s network trimming, with our threshold: the documents state none): in each
+    layer, drop the still-kept neurons whose APoZ (1 - the ``apoz`` criterion's score) exceeds the mean APoZ of
+    the kept ones by more than ``std_factor`` standard deviations, and those that never fire on the data
+    (APoZ 1: when half a layer is dead, mean + std is above 1)."""
     out = {}
     for n, s in apoz_scores.items():
         apoz, keep = 1 - s.double(), masks[n].clone()
@@ -377,6 +381,7 @@ def apoz_iterations(profile: str | None = None) -> dict:
     base = thinet_vs_gradient.dense(profile)  # the record only: its weights are loaded when a run is needed
     keys = ("apoz_iterations", "apoz_std", "apoz_batches", "apoz_batch", "n_train", "n_test", "finetune")
     config = {"part": "apoz_iterations", "profile": p["profile"], "baseline": base["hash"], **{k: p[k] for k in keys}}
+    config["finetune"] = p.get("apoz_finetune", p["finetune"])  # VGG-16's own format where the preset gives one
 
     def fn(config, paths):
         d = data_mod.load(base["config"]["dataset"]).subset(p["n_train"], p["n_test"]).to(device())
@@ -396,7 +401,7 @@ def apoz_iterations(profile: str | None = None) -> dict:
             hooks = surgery.hold_masks(model, masks)
             try:
                 ckpt = paths["checkpoint"].with_name(f"{paths['checkpoint'].stem}-it{it}.pt")
-                after = _finetune(model, d, 0, p["finetune"], ckpt, f"apoz iteration {it}")[1]
+                after = _finetune(model, d, 0, config["finetune"], ckpt, f"apoz iteration {it}")[1]
             finally:
                 for h in hooks:
                     h.remove()
@@ -461,3 +466,51 @@ if __name__ == "__main__":
     for r in res["layer_pruning"]:
         print(f"layers {r['config']['method']} k={r['config']['k']}: acc {r['metrics']['test_acc']:.4f}")
     print("apoz iterations:", [round(row["acc_after_ft"], 4) for row in res["apoz_iterations"]["rows"]])
+
+
+def comparisons(profile: str | None = None) -> list:
+    """The reproduction summary's rows of this chapter, from committed runs only: Shangyu's Table 1 (L1-norm,
+    "weight-based") beside our L1-norm rows, and Qin et al.'s APoZ trimming (Table 1) beside ours."""
+    from .. import reference, summary
+    p = profiles.get(EXPERIMENT, profile)
+    chapter, rows = "criteria-benchmark", []
+    res = plan.committed(all_runs, profile)
+    ft = p["finetune"]
+    protocol = (f"{p['profile']}: {ft['epochs']} epoch(s) on {p['n_train'] or 50000:,} images per pruned network, "
+                f"{len(p['seeds'])} seed(s)")
+    ref = reference.load("summary_comparisons").query("table == 'Table 1'").pivot_table(
+        index="row", columns="metric", values="value", aggfunc="first")
+    l1 = [r for r in res["finetune"] if not plan.is_planned(r) and r["config"]["criterion"] == "l1norm"
+          and r["config"]["scope"] == "uniform"]
+    for net in ("VGG16", "ResNet56", "ResNet110"):
+        mine = [r for r in l1 if net == "ResNet56"]
+        by_t = {}
+        for r in mine:
+            by_t.setdefault(r["config"]["target"], []).append(100 * (r["metrics"]["baseline_test_acc"] - r["metrics"]["test_acc"]))
+        ours = "; ".join(f"{sum(v) / len(v):.2f} at {t:.0%} FLOPs removed" for t, v in sorted(by_t.items())) or None
+        rows.append(summary.Row(chapter, f"Shangyu Table 1, {net}: accuracy drop of L1-norm ('weight-based') "
+                                "filter pruning (points)", float(ref.loc[net, "top1_drop_pct"]), ours,
+                                protocol if ours else "ResNet56 only so far (issue 19 adds VGG16 and ResNet110)",
+                                "not comparable" if ours else "not run yet",
+                                "the table's percentage column is unlabelled and its fine-tuning unstated; our dense "
+                                "network is trained here on the JPEG copy" if ours else ""))
+    apoz = res["apoz_iterations"]
+    aref = reference.load("apoz_iterations").query("table == 'Table 1'")
+    order = list(dict.fromkeys(aref["row"]))
+    paper = aref.pivot_table(index="row", columns="metric", values="value", aggfunc="first").loc[order]
+    done = not plan.is_planned(apoz)
+    last = apoz["rows"][-1] if done else None
+    rows.append(summary.Row(chapter, f"APoZ trimming, compression after {len(order) - 1} iterations (Qin Table 1)",
+                            float(paper["compression_x"].iloc[-1]), float(last["compression"]) if done else None,
+                            f"{p['profile']}: VGG-16 for CIFAR-10, {p['apoz_iterations']} iterations",
+                            "not comparable" if done else "not run yet",
+                            "ImageNet's VGG-16 (4096-neuron FC6) vs CIFAR-10's (512); we trim conv5_1-5_3 and the "
+                            "hidden FC, the document CONV5-3 and FC6; threshold ours" if done else ""))
+    if done:
+        gain = 100 * (last["acc_after_ft"] - apoz["rows"][0]["acc_after_ft"])
+        rows.append(summary.Row(chapter, "APoZ trimming, top-1 change from the dense network after the last "
+                                "fine-tuning (points, Qin Table 1)",
+                                float(paper["top1_pct_after_ft"].iloc[-1] - paper["top1_pct_after_ft"].iloc[0]), gain,
+                                f"{p['profile']}: VGG-16 for CIFAR-10", "not comparable",
+                                "another data set and network head; one run"))
+    return rows
