@@ -277,3 +277,21 @@ if __name__ == "__main__":
         for r in profiles.get("structural", a.profile)["rates"]:
             rec = slimming(a.profile, r)
             print(f"slimming {r}: acc {rec['metrics']['test_acc_shrunk']:.4f}, actual rate {rec['metrics']['actual_rate']:.3f}")
+
+
+def comparisons(profile: str | None = None) -> list:
+    """The reproduction summary's rows of this chapter (committed runs only): the one number of Tessier et al.'s
+    figures that their text states (ResNet-50 at 60%, accuracy before and after their method)."""
+    from .. import plan, reference, summary
+    p = profiles.get("structural", profile)
+    paper = reference.load("tessier_prose").set_index("metric")["value"]
+    recs = [r for r in plan.committed(lambda: [slimming(profile, r) for r in p["rates"]]) if not plan.is_planned(r)]
+    last = max(recs, key=lambda r: r["config"]["rate"]) if recs else None
+    ours = (100 * (last["metrics"]["test_acc_shrunk_literal"] - last["metrics"]["test_acc_masked"])) if last else None
+    return [summary.Row("structural-vs-nominal",
+                        f"accuracy change from the masked network to the literal Algorithm 1's, ResNet-50 / ImageNet "
+                        f"pruned at {paper['pruning_rate_pct']:g}% (points, Sec. 4.2 text)",
+                        float(paper["top1_pct_after_method"] - paper["top1_pct_before_method"]), ours,
+                        f"{p['profile']}: ResNet-56 / CIFAR-10 slimmed to {last['config']['rate']:.0%} of its filters"
+                        if last else p["profile"], "not comparable" if last else "not run yet",
+                        "another network, data set and pruning budget; only the direction is comparable" if last else "")]
