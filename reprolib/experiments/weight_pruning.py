@@ -377,3 +377,25 @@ if __name__ == "__main__":
               + ", ".join(f"{row['sparsity']:.2f}->{row['acc']:.4f}" for row in r["rows"]))
     for r in res["resnet"]:
         print(f"resnet56 sparsity {r['metrics']['sparsity']:.2f}: acc {r['metrics']['test_acc']:.4f}")
+
+
+def comparisons(profile: str | None = None) -> list:
+    """The reproduction summary's rows of this chapter (committed runs only): Qin et al.'s one LeNet number
+    beside the accuracy of each of our LeNets at the highest sparsity of iterative magnitude pruning."""
+    from .. import reference, summary
+    p = profiles.get(EXPERIMENT, profile)
+    q = reference.load("qin_prose").query("model == 'lenet' and metric == 'top1_pct'").iloc[0]
+    rows = []
+    for d in ("fashion-mnist", "mnist"):
+        for m in p["models"]:
+            rec = plan.committed(curve, profile, d, m, "magnitude", "iterative")
+            if plan.is_planned(rec):
+                continue
+            last = rec["rows"][-1]
+            rows.append(summary.Row("weight-pruning", f"LeNet accuracy after magnitude pruning (%), Qin Section 7 "
+                                    f"(ours: {m} on {d})", float(q["value"]), 100 * last["acc"],
+                                    f"{p['profile']}: iterative, {100 * last['sparsity']:.0f}% of the weights pruned",
+                                    "not comparable", "the document names neither the LeNet nor the sparsity"
+                                    + ("; ours on Fashion-MNIST, the document's data set is MNIST" if d != "mnist" else "")))
+    return rows or [summary.Row("weight-pruning", "LeNet accuracy after magnitude pruning (%), Qin Section 7",
+                                float(q["value"]), None, p["profile"], "not run yet")]

@@ -1,0 +1,33 @@
+"""reprolib.summary: verdicts, and the rows every study writes from committed results only."""
+import pytest
+
+from reprolib import runs, summary
+
+
+def test_judge_uses_the_tolerance_and_knows_missing_numbers():
+    assert summary.judge(0.49, 0.49, 0.005) == "reproduced"
+    assert summary.judge(0.49, 0.495, 0.005) == "reproduced"
+    assert summary.judge(0.49, 0.47, 0.005) == "not reproduced"
+    assert summary.judge(0.49, None, 0.005) == "not run yet"
+    assert summary.judge(0.49, float("nan"), 0.005) == "not run yet"
+
+
+def test_a_row_refuses_an_unknown_verdict_and_computes_its_difference():
+    with pytest.raises(ValueError, match="verdict must be one of"):
+        summary.Row("c", "w", 1.0, 2.0, "p", "fine")
+    assert summary.Row("c", "w", 1.0, 2.5, "p", "not comparable").difference == 1.5
+    assert summary.Row("c", "w", "4 of 4", "3 of 4", "p", "not reproduced").difference is None
+
+
+def test_rows_train_nothing_and_count_hrank_table1_under_its_rule():
+    rows = summary.rows("smoke")  # an empty results folder (conftest): every trained number is missing
+    assert not list(runs.results_dir().glob("*/*.json"))
+    assert rows and all(r.verdict in summary.VERDICTS for r in rows)
+    counts = {r.what: r.verdict for r in rows if r.chapter == "hrank-resnet56" and "counting rule" in r.what}
+    # Table 1 prints counts its rule gives on every row but row 5's params (0.49M printed, 0.47M by the rule)
+    assert counts["Table 1 row 5: params (M), the study's counting rule"] == "not reproduced"
+    assert sum(v == "reproduced" for v in counts.values()) == 12
+    trained = [r for r in rows if "accuracy" in r.what and r.chapter == "hrank-resnet56"]
+    assert trained and all(r.verdict == "not run yet" and r.ours is None for r in trained)
+    box = summary.box("hrank-resnet56", "smoke")
+    assert box.startswith("```{admonition}") and "12 reproduced" in box
