@@ -36,9 +36,16 @@ METHODS: tuple[Method, ...] = (
            "iterative and one-shot, LeNets and ResNet-56"),
     Method(SUMMARY, "1.1", "sensitivity-driven regularisation (Tartaglione et al.)", "planned", note="issue 19"),
     Method(SUMMARY, "1.2", "gradual magnitude pruning, cubic schedule (Zhu & Gupta)", "planned", note="issue 19"),
-    Method(SUMMARY, "2.1", "structured sparsity learning, group lasso (Wen et al.)", "planned", note="issue 19"),
-    Method(SUMMARY, "2.2", "filter group approximation", "planned",
-           note="issue 19: at reduced scale if it fits, else the reason and the cost"),
+    Method(SUMMARY, "2.1", "structured sparsity learning, group lasso (Wen et al.)", "planned",
+           implemented_by=("reprolib.group_lasso:penalty", "reprolib.experiments.survey_regularisers:regularise"),
+           note="implemented (group lasso over filters, block-internal channels and residual branches; pruned at a "
+                "threshold and at 50% of the true FLOPs; random control); budget runs not computed yet (~40 min of "
+                "one thread)"),
+    Method(SUMMARY, "2.2", "filter group approximation (Peng et al.)", "not measured",
+           note="a low-rank decomposition (each conv replaced by a group conv and a 1x1 conv), not pruning; the summary "
+                "gives only the heading and only the paper's abstract could be found here, so its algorithm (how groups "
+                "are formed, how the approximation is solved) cannot be reproduced from the sources; the compute would "
+                "fit (per-layer decompositions in seconds, one budget fine-tuning of 1-5 min per setting)"),
     Method(SUMMARY, "3.1", "L1-norm filter pruning (Li et al.)", "measured", _CB, ("l1norm",),
            "every target; also the HRank and ThiNet chapters' control"),
     Method(SUMMARY, "3.2", "network trimming, APoZ (Hu et al.)", "measured", _CB, ("apoz",),
@@ -51,19 +58,35 @@ METHODS: tuple[Method, ...] = (
     Method(SUMMARY, "4.4", "discrimination-aware channel pruning, DCP", "planned", note="issue 19"),
     Method(SUMMARY, "4.5", "squeeze-and-excitation networks", "not measured",
            note="a channel-attention architecture, not a pruning method; the summary presents it before FBS"),
-    Method(SUMMARY, "4.6", "feature boosting and suppression, FBS (dynamic)", "planned", note="issue 19"),
+    Method(SUMMARY, "4.6", "feature boosting and suppression, FBS (dynamic)", "planned",
+           implemented_by=("reprolib.fbs:gated", "reprolib.experiments.survey_dynamic:fbs_train"),
+           note="implemented (gated ResNet-56 at densities 1 to 0.3, real FLOPs per image, CPU latency of the masked "
+                "and of a skipping implementation); budget runs not computed yet (~40 min of one thread with AMC)"),
     Method(SUMMARY, "4.7", "filter pruning via geometric median, FPGM (He et al.)", "measured", _CB, ("fpgm",),
            "the summary gives only the heading"),
     Method(SUMMARY, "4.8", "kernel sparsity and entropy, KSE", "planned", note="issue 19; the summary gives only the "
            "heading"),
-    Method(SUMMARY, "4.9", "budget-aware regularisation, BAR", "planned", note="issue 19; the summary gives only the "
-           "heading"),
-    Method(SUMMARY, "5.1", "SkipNet (dynamic block skipping)", "planned",
-           note="issue 19: at reduced scale if it fits, else the reason and the cost"),
+    Method(SUMMARY, "4.9", "budget-aware regularisation, BAR", "planned",
+           implemented_by=("reprolib.bar:prune", "reprolib.experiments.survey_regularisers:regularise"),
+           note="implemented (Hard Concrete gates on block-internal channels under a 50% true-FLOPs budget; no "
+                "distillation); budget runs not computed yet; the summary gives only the heading"),
+    Method(SUMMARY, "5.1", "SkipNet (dynamic block skipping)", "not measured",
+           note="per-input gates skip whole residual blocks, trained by supervised pre-training with soft gates and then "
+                "hybrid REINFORCE, both over the whole gated network (each step at least the dense cost): even 5 + 5 "
+                "epochs on the 50,000 images is ~30 min of one thread per setting, beyond this budget. Its static "
+                "counterpart (blocks removed by BN gamma) is the layer-pruning section; FBS shows what per-image control "
+                "flow costs on a CPU"),
     Method(SUMMARY, "6.1", "DAC, data-free acceleration", "planned", note="issue 19; the summary gives only the heading"),
-    Method(SUMMARY, "7.1", "N2N learning (reinforcement learning)", "planned",
-           note="issue 19: at reduced scale if it fits, else the reason and the cost"),
-    Method(SUMMARY, "7.2", "ADC / AMC (reinforcement learning)", "planned", note="issue 19"),
+    Method(SUMMARY, "7.1", "N2N learning (reinforcement learning)", "not measured",
+           note="two REINFORCE policies (layer removal, then shrinkage) whose every reward is a student trained by "
+                "distillation from the teacher: at one epoch on 10,000 images per student (>= 40 s of one thread with the "
+                "teacher's forward pass) a search of only 300 students is ~3.5 h, and one-epoch students rank "
+                "architectures poorly"),
+    Method(SUMMARY, "7.2", "ADC / AMC (reinforcement learning)", "planned",
+           implemented_by=("reprolib.amc:search", "reprolib.experiments.survey_dynamic:amc_finetune"),
+           note="implemented (DDPG over the blocks' first convs, the paper's 11 state features and action limit, 400 "
+                "episodes; fine-tuned at equal true FLOPs against one rate over the same layers and the L1-norm rows); "
+                "budget runs not computed yet"),
     Method(QIN, "2 (Formula 1)", "channel pruning by BN scaling factors", "measured", _ST,
            ("bn_gamma", "reprolib.slimming:prune"), "network slimming; bn_gamma in the criteria benchmark"),
     Method(QIN, "3 (Formula 2), 6.1", "neuron pruning by APoZ on VGG-16", "measured", _CB,

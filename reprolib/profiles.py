@@ -31,7 +31,14 @@ def get(experiment: str, profile: str | None = None) -> dict:
     table = presets(experiment)
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}: choose one of {', '.join(PROFILES)}")
+    if profile not in table:
+        raise NoPresetError(f"study {experiment!r} has no {profile!r} preset (it has {', '.join(table)}): "
+                            "it is measured at those profiles only")
     return dict(copy.deepcopy(table[profile]), profile=profile)
+
+
+class NoPresetError(ValueError):
+    """A study that is not run at the asked profile (e.g. the survey methods have no ``paper`` preset)."""
 
 
 class _Parser(argparse.ArgumentParser):

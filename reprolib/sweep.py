@@ -46,6 +46,9 @@ def build(experiments: list[str], profile: str, runs_fn: str | None = None) -> l
     merged: dict[str, plan_mod.Run] = {}
     for name in experiments:
         module = importlib.import_module(f"reprolib.experiments.{name}")
+        if profile not in module.PRESETS and len(experiments) > 1:
+            print(f"{name}: no {profile!r} preset, left out")
+            continue
         # what the chapter reads: chapter_runs where a study has one (ThiNet), else all_runs
         fn = module.run if name == "baseline" else getattr(module, "chapter_runs", module.all_runs)
         if runs_fn is not None:
