@@ -119,7 +119,7 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int = 128
         nesterov: bool = False, weight_decay: float = 5e-4, schedule: str = "cosine", milestones=(),
         gamma: float = 0.1, warmup_epochs: float = 0.0, label_smoothing: float = 0.0, bf16: bool = True,
         channels_last: bool = True, seed: int = 0, checkpoint: Path | None = None, on_epoch=None,
-        penalty=None, desc: str = "train", device: torch.device | str | None = None) -> list[dict]:
+        penalty=None, on_step=None, desc: str = "train", device: torch.device | str | None = None) -> list[dict]:
     """SGD training of ``model`` on ``data`` (a reprolib.data.Cifar10-like object), on ``device``
     (default: ``reprolib.device.current()``), where the model and the data are moved (the data once:
     ``data.to`` keeps its copy) and stay.
@@ -127,6 +127,9 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int = 128
     ``checkpoint``: a file written atomically after every epoch and resumed from when present.
     ``on_epoch(epoch, model, history)``: called after each epoch (pruning during training, tests).
     ``penalty(model)``: a scalar added to the loss (e.g. network slimming's sparsity term on BN weights).
+    ``on_step(step, model, xb, yb)``: called after each optimizer step, with ``step`` the number of steps
+    taken since the start of training (resumed epochs counted) and the step's normalised batch
+    (masks updated during training, e.g. reprolib.gradual; decoupled regularisers).
     Returns the per-epoch history: lr, train loss/acc, test loss/acc, seconds.
 
     No step waits for the device: losses and correct counts add up on it (``_Totals``), read once an
@@ -165,6 +168,8 @@ def fit(model: nn.Module, data, *, epochs: int, lr: float, batch_size: int = 128
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if on_step is not None:
+                on_step(epoch * steps + i + 1, model, xb, yb)
             totals.add(loss.detach().double() * len(yb), out, yb)
             if i % 20 == 0:
                 totals.show(bar)
