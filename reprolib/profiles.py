@@ -15,9 +15,9 @@ PROFILES = ("smoke", "budget", "paper")
 
 def presets(experiment: str) -> dict:
     """The ``PRESETS`` of ``reprolib.experiments.<experiment>``: each study keeps its own, beside its code."""
-    from .experiments import NAMES
-    if experiment not in NAMES:
-        raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(sorted(NAMES))}")
+    from .experiments import NAMES, SURVEY
+    if experiment not in NAMES + SURVEY:
+        raise ValueError(f"unknown experiment {experiment!r}; known: {', '.join(sorted(NAMES + SURVEY))}")
     return importlib.import_module(f"reprolib.experiments.{experiment}").PRESETS
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from . import plan as plan_mod, profiles, runs
-from .experiments import NAMES
+from .experiments import NAMES, SURVEY
 
 # The studies whose chapters the sweep fills (the baseline is a dependency of the ResNet-56 ones).
 STUDIES = tuple(n for n in NAMES if n != "baseline")
@@ -247,7 +247,7 @@ def _slots(cpus: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = profiles.cli_parser(__doc__)  # --profile; a bad $REPROLIB_DEVICE ends here with one line
-    ap.add_argument("experiment", choices=("all",) + NAMES)
+    ap.add_argument("experiment", choices=("all",) + NAMES + SURVEY)
     ap.add_argument("--dry-run", action="store_true", help="print the plan (cached / missing, cost) and exit")
     ap.add_argument("--executor", default="inline", choices=("inline", "ray"))
     ap.add_argument("--address", default=None, help="a running Ray cluster (auto, or ray://host:10001)")
