@@ -39,7 +39,7 @@ def test_the_data_sparsities_and_retraining_are_the_weight_pruning_chapters(prof
     for key in ("n_train", "n_test", "retrain", "sparsities", "scope", "models"):
         assert mine[key] == theirs[key], key
     assert set(mine["datasets"]) <= set(theirs["datasets"])
-    with pytest.raises(ValueError, match="no profile 'paper'"):
+    with pytest.raises(ValueError, match="no 'paper' preset"):
         se.preset("paper")
 
 

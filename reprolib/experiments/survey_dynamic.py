@@ -21,7 +21,6 @@ Not in ``reprolib.experiments.NAMES`` yet: its presets are read here (``preset``
 """
 from __future__ import annotations
 
-import copy
 
 import torch
 from tqdm import tqdm
@@ -76,12 +75,8 @@ PRESETS = {
 
 
 def preset(profile: str | None = None) -> dict:
-    """This study's config under ``profile`` (a fresh copy with ``profile`` in it); as ``profiles.get``."""
-    profile = profile or profiles.default_profile()
-    if profile not in PRESETS:
-        raise ValueError(f"survey_dynamic has no {profile!r} preset: choose one of {', '.join(PRESETS)} (neither "
-                         "paper gives a ResNet-56 protocol; their own settings are in the module docstrings)")
-    return dict(copy.deepcopy(PRESETS[profile]), profile=profile)
+    """This study's preset of ``profile`` (``profiles.get``); it has none for ``paper`` (NoPresetError)."""
+    return profiles.get(EXPERIMENT, profile)
 
 
 def _benchmark(profile: str | None) -> dict:

@@ -83,13 +83,8 @@ PRESETS = {
 
 
 def preset(profile: str | None = None) -> dict:
-    """The config of ``profile`` (a fresh copy, with ``profile`` in it). Ours: read here rather than through
-    ``profiles.get``, which knows only the studies in ``reprolib.experiments.NAMES``."""
-    profile = profile or profiles.default_profile()
-    if profile not in PRESETS:
-        raise ValueError(f"survey_elementwise has no profile {profile!r}: choose one of {', '.join(PRESETS)} "
-                         "(no 'paper' profile: the papers' own schedules are far beyond these runs)")
-    return dict(copy.deepcopy(PRESETS[profile]), profile=profile)
+    """This study's preset of ``profile`` (``profiles.get``); it has none for ``paper`` (NoPresetError)."""
+    return profiles.get(EXPERIMENT, profile)
 
 
 # --------------------------------------------------------------------------- shared steps
