@@ -60,10 +60,16 @@ METHODS: tuple[Method, ...] = (
            "filters of ResNet-56, and the iterative trimming of VGG-16"),
     Method(SUMMARY, "4.1", "network slimming, BN scaling factors (Liu et al.)", "measured", _ST,
            ("bn_gamma", "reprolib.slimming:prune"), "sparsity training with an L1 on gamma, three iterations"),
-    Method(SUMMARY, "4.2", "LASSO channel selection + least squares (He et al.)", "planned", note="issue 19"),
+    Method(SUMMARY, "4.2", "LASSO channel selection + least squares (He et al.)", "planned",
+           implemented_by=("lasso", "reprolib.criteria.lasso:reconstruct_network",
+                           "reprolib.criteria.lasso:compare_with_thinet"),
+           note="implemented (block-internal convs, scores alone and with the least-squares weight step, against "
+                "ThiNet's greedy selection on the same sampled rows); budget runs not computed yet"),
     Method(SUMMARY, "4.3", "ThiNet (Luo et al.)", "measured", _TG, ("reprolib.criteria.thinet:thinet_prune",),
            "VGG-16 at four ratios, against the gradient-outlier method"),
-    Method(SUMMARY, "4.4", "discrimination-aware channel pruning, DCP", "planned", note="issue 19"),
+    Method(SUMMARY, "4.4", "discrimination-aware channel pruning, DCP", "planned", implemented_by=("dcp",),
+           note="implemented at reduced scale (ours): 2 auxiliary losses (the authors: 3), heads trained on 256 images "
+                "with the network frozen; budget runs not computed yet (~20-45 min of one thread for its scores)"),
     Method(SUMMARY, "4.5", "squeeze-and-excitation networks", "not measured",
            note="a channel-attention architecture, not a pruning method; the summary presents it before FBS"),
     Method(SUMMARY, "4.6", "feature boosting and suppression, FBS (dynamic)", "planned",
@@ -72,8 +78,9 @@ METHODS: tuple[Method, ...] = (
                 "and of a skipping implementation); budget runs not computed yet (~40 min of one thread with AMC)"),
     Method(SUMMARY, "4.7", "filter pruning via geometric median, FPGM (He et al.)", "measured", _CB, ("fpgm",),
            "the summary gives only the heading"),
-    Method(SUMMARY, "4.8", "kernel sparsity and entropy, KSE", "planned", note="issue 19; the summary gives only the "
-           "heading"),
+    Method(SUMMARY, "4.8", "kernel sparsity and entropy, KSE", "planned", implemented_by=("kse",),
+           note="implemented (its channel indicator, not its kernel clustering); budget runs not computed yet; the "
+                "summary gives only the heading"),
     Method(SUMMARY, "4.9", "budget-aware regularisation, BAR", "planned",
            implemented_by=("reprolib.bar:prune", "reprolib.experiments.survey_regularisers:regularise"),
            note="implemented (Hard Concrete gates on block-internal channels under a 50% true-FLOPs budget; no "
@@ -84,7 +91,10 @@ METHODS: tuple[Method, ...] = (
                 "epochs on the 50,000 images is ~30 min of one thread per setting, beyond this budget. Its static "
                 "counterpart (blocks removed by BN gamma) is the layer-pruning section; FBS shows what per-image control "
                 "flow costs on a CPU"),
-    Method(SUMMARY, "6.1", "DAC, data-free acceleration", "planned", note="issue 19; the summary gives only the heading"),
+    Method(SUMMARY, "6.1", "DAC, data-free acceleration (Li et al., WACV 2019)", "planned",
+           implemented_by=("reprolib.dac:accelerate",),
+           note="implemented (depthwise + pointwise decomposition from the weights, audited to see no data; the "
+                "per-layer rank rule is ours); budget runs not computed yet; the summary gives only the heading"),
     Method(SUMMARY, "7.1", "N2N learning (reinforcement learning)", "not measured",
            note="two REINFORCE policies (layer removal, then shrinkage) whose every reward is a student trained by "
                 "distillation from the teacher: at one epoch on 10,000 images per student (>= 40 s of one thread with the "

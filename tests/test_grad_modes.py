@@ -11,6 +11,7 @@ import torch.nn as nn
 from reprolib import criteria, masks, surgery
 from reprolib.criteria import gradient_outlier as go
 from reprolib.criteria import thinet
+from reprolib.criteria.channels import internal_layers
 from reprolib.models import create
 from reprolib.models.vgg import VGG
 from reprolib.surgery import vgg as vgg_surgery
@@ -70,7 +71,9 @@ def under(model: nn.Module, condition: str):
 @pytest.mark.parametrize("condition", CONDITIONS)
 @pytest.mark.parametrize("name", criteria.available())
 def test_every_criterion_and_its_masks_work_under_no_grad_eval_and_frozen(name, condition):
-    layers = masks.conv_layers(resnet())[:3]
+    # input-channel criteria (lasso, kse, dcp) score only the filters that feed exactly one conv
+    net = resnet()
+    layers = (internal_layers(net) if getattr(criteria.get(name), "input_channels", False) else masks.conv_layers(net))[:3]
     expected = criteria.get(name)(resnet(), layers, batches())
     model = resnet()
     ctx = under(model, condition)

@@ -58,3 +58,5 @@ def replayable(batches, who: str):
 # Fill the registry (each module registers its criteria on import).
 from . import filters, weights  # noqa: E402,F401
 from . import thinet, gradient_outlier  # noqa: E402,F401
+from . import obs  # noqa: E402,F401
+from . import lasso, kse, dcp  # noqa: E402,F401  (input-channel criteria: see channels.py)
