@@ -5,6 +5,7 @@ removal rule) on sample matrices of the sizes ThiNet meets on VGG-16 / CIFAR-10 
 rows, 256 or 512 channels, half of them kept). Checks that both versions choose the same channels,
 prints seconds and the speed-up. Single-threaded for comparable numbers (the script sets it), and
 every function runs once on a small problem first so that one-time set-up is not timed; about 20 s.
+Writes data/results/bench/thinet_select.json (device, threads, torch version, every row).
 
     .venv/bin/python benchmarks/thinet_select.py
 """
@@ -14,6 +15,7 @@ import time
 
 import torch
 
+from reprolib import device as devices, runs
 from reprolib.criteria import thinet
 
 CASES = [(4000, 256), (10000, 512)]  # (rows, channels)
@@ -44,7 +46,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), r = {R} (share of channels kept)")
     print(f"{'rule':<18} {'rows':>6} {'chan':>5} {'kept':>5} {'vectorised s':>13} {'reference s':>12} "
           f"{'speed-up':>9}  same")
-    ratios = []
+    ratios, rows = [], []
     for m, c in CASES:
         X = samples(m, c)
         for rule, (fast, slow) in PAIRS.items():
@@ -52,10 +54,17 @@ def main() -> None:
             b, ts = timed(slow, X, R)
             same = torch.equal(a, b)
             ratios.append(ts / tf)
+            rows.append({"rule": rule, "rows": m, "channels": c, "kept": len(a), "vectorised_s": tf,
+                         "reference_s": ts, "speedup": ts / tf, "same_channels": same})
             print(f"{rule:<18} {m:>6} {c:>5} {len(a):>5} {tf:>13.3f} {ts:>12.3f} {ts / tf:>8.1f}x  {same}")
             if not same:
                 raise SystemExit(f"{rule}: the vectorised and reference selections differ")
     print(f"smallest speed-up: {min(ratios):.1f}x (target >= 10x)")
+    out = runs.results_dir() / "bench" / "thinet_select.json"
+    runs.write_json_atomic({"device": devices.describe(), "threads": torch.get_num_threads(), "r": R,
+                            "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                            "rows": rows}, out)
+    print(f"-> {out}")
 
 
 if __name__ == "__main__":
