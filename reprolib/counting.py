@@ -38,6 +38,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 import torch.nn as nn
 
 from . import device as devices
@@ -196,3 +197,15 @@ def latency(model: nn.Module, input_size: Sequence[int], *, repeats: int = 20, w
             threads: int | None = None) -> dict:
     """Forward-pass latency of one model: ``{median_ms, p10_ms, p90_ms, batch_size, threads, repeats}``."""
     return latency_interleaved({"model": model}, input_size, repeats, warmup, threads)["model"]
+
+
+def closest(n: int, reduction, target: float, desc: str) -> int:
+    """Binary search over ``n`` candidates whose FLOPs ``reduction(i)`` grows with i: the index whose reduction
+    is closest to ``target`` (the first reaching it, or the one before). Shared by every equal-FLOPs search."""
+    lo, hi = 0, n - 1
+    with tqdm(desc=desc, leave=False) as bar:
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if reduction(mid) >= target else (mid + 1, hi)
+            bar.update()
+    return min([i for i in (lo - 1, lo) if i >= 0], key=lambda i: abs(reduction(i) - target))

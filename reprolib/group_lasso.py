@@ -36,7 +36,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from . import surgery
-from .counting import count
+from .counting import closest, count
 
 KINDS = ("filter", "channel", "depth")
 
@@ -155,13 +155,7 @@ def threshold_for_flops(model: nn.Module, blocks, target: float, input_size=(1, 
     if reduction(len(cands) - 1) < target:
         raise ValueError(f"pruning every group removes only {reduction(len(cands) - 1):.1%} of the FLOPs, "
                          f"not {target:.0%}")
-    lo, hi = 0, len(cands) - 1
-    with tqdm(desc=f"SSL threshold for {target:.0%} FLOPs", leave=False) as bar:
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if reduction(mid) >= target else (mid + 1, hi)
-            bar.update()
-    best = min([i for i in (lo - 1, lo) if i >= 0], key=lambda i: abs(reduction(i) - target))
+    best = closest(len(cands), reduction, target, f"SSL threshold for {target:.0%} FLOPs")
     return {"threshold": cands[best], "flops_reduction": reduction(best), "evaluations": len(reached)}
 
 

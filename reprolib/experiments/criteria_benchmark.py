@@ -36,7 +36,7 @@ from tqdm import tqdm
 from .. import criteria, data as data_mod, masks as masks_mod, profiles, runs, surgery, plan
 from . import baseline
 from . import thinet_vs_gradient
-from ..counting import count, latency_table
+from ..counting import closest, count, latency_table
 from ..device import current as device
 from ..train import evaluate, fit, seed_everything
 
@@ -157,13 +157,7 @@ def search_rate(model: nn.Module, scores: dict, target: float, scope: str, input
     if reduction(len(rates) - 1) < target:
         raise ValueError(f"{scope} pruning cannot remove {target:.0%} of the FLOPs: "
                          f"at most {reduction(len(rates) - 1):.1%} (every layer keeps a filter)")
-    lo, hi = 0, len(rates) - 1
-    with tqdm(desc=f"FLOPs search {scope} {target:.0%}", leave=False) as bar:
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if reduction(mid) >= target else (mid + 1, hi)
-            bar.update()
-    best = min([i for i in (lo - 1, lo) if i >= 0], key=lambda i: abs(reduction(i) - target))
+    best = closest(len(rates), reduction, target, f"FLOPs search {scope} {target:.0%}")
     return {"rate": rates[best], "flops_reduction": reduction(best), "evaluations": len(reached)}
 
 
@@ -210,19 +204,24 @@ def search(profile: str | None = None, criterion: str = "l1norm", scope: str = "
               "criterion": criterion, "scope": scope, "target": target, "n_test": p["n_test"]}
 
     def fn(config, paths):
-        s = _scores_of(srec)
-        found = search_rate(model, s, target, scope)
-        masks, small, true = shrunk_at(model, s, found["rate"], scope)
-        dense = count(model, CIFAR)
-        d = data_mod.load(base["config"]["dataset"]).subset(0, p["n_test"]).to(device())
-        return {"model": base["model"], "search_evaluations": found["evaluations"],
-                "kept": {n: int(k.sum()) for n, k in masks.items()}, "filters": {n: len(k) for n, k in masks.items()},
-                "metrics": {"test_acc_before_finetune": evaluate(small, d.test_x, d.test_y)["acc"],
-                            "rate": found["rate"], "flops_reduction": found["flops_reduction"],
-                            "filters_removed": masks_mod.sparsity(masks),
-                            "params_true": true["params"], "flops_true": true["flops"],
-                            "params_dense": dense["params"], "flops_dense": dense["flops"]}}
+        return search_record(model, base, _scores_of(srec), target, scope, p["n_test"])
     return runs.run(EXPERIMENT, config, fn)
+
+
+def search_record(model: nn.Module, base: dict, s: dict, target: float, scope: str, n_test) -> dict:
+    """A search run's record: the rate reaching ``target`` for scores ``s``, the shrunk network's counts and its
+    accuracy before fine-tuning (also the survey studies' search runs)."""
+    found = search_rate(model, s, target, scope)
+    masks, small, true = shrunk_at(model, s, found["rate"], scope)
+    dense = count(model, CIFAR)
+    d = data_mod.load(base["config"]["dataset"]).subset(0, n_test).to(device())
+    return {"model": base["model"], "search_evaluations": found["evaluations"],
+            "kept": {n: int(k.sum()) for n, k in masks.items()}, "filters": {n: len(k) for n, k in masks.items()},
+            "metrics": {"test_acc_before_finetune": evaluate(small, d.test_x, d.test_y)["acc"],
+                        "rate": found["rate"], "flops_reduction": found["flops_reduction"],
+                        "filters_removed": masks_mod.sparsity(masks),
+                        "params_true": true["params"], "flops_true": true["flops"],
+                        "params_dense": dense["params"], "flops_dense": dense["flops"]}}
 
 
 def pruned(profile: str | None, criterion: str, scope: str, target: float, seed: int = 0):

@@ -124,18 +124,7 @@ def search(profile: str | None = None, criterion: str = "lasso", scope: str = "u
               "criterion": criterion, "scope": scope, "target": target, "n_test": p["n_test"]}
 
     def fn(config, paths):
-        s = cb._scores_of(srec)
-        found = cb.search_rate(model, s, target, scope)
-        masks, small, true = cb.shrunk_at(model, s, found["rate"], scope)
-        dense = count(model, CIFAR)
-        d = data_mod.load(base["config"]["dataset"]).subset(0, p["n_test"]).to(device())
-        return {"model": base["model"], "search_evaluations": found["evaluations"],
-                "kept": {n: int(k.sum()) for n, k in masks.items()}, "filters": {n: len(k) for n, k in masks.items()},
-                "metrics": {"test_acc_before_finetune": evaluate(small, d.test_x, d.test_y)["acc"],
-                            "rate": found["rate"], "flops_reduction": found["flops_reduction"],
-                            "filters_removed": masks_mod.sparsity(masks),
-                            "params_true": true["params"], "flops_true": true["flops"],
-                            "params_dense": dense["params"], "flops_dense": dense["flops"]}}
+        return cb.search_record(model, base, cb._scores_of(srec), target, scope, p["n_test"])
     return runs.run(EXPERIMENT, config, fn)
 
 
