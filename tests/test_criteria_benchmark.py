@@ -152,3 +152,26 @@ def test_curve_test_says_what_the_curves_and_the_reported_accuracy_are_measured_
     small = data.synthetic_cifar10(64, 300)
     assert cb.curve_test(small, {"bf16": False})["test_images"] == 300
     assert cb.curve_test(small, {"bf16": False})["precision"] == "fp32"
+
+
+def test_table1_vgg16_search_prunes_every_conv_alike_and_removes_the_target_flops():
+    """The VGG-16 row of Shangyu's Table 1: uniform L1-norm masks on a plain chain shrink to int(C * r) fewer
+    filters in every conv (no residual stream keeps channels alive), and the FLOPs removed are the target's."""
+    torch.manual_seed(0)
+    vgg = create("vgg16").eval()
+    scores = criteria.get("l1norm")(vgg, conv_layers(vgg))
+    found = cb.search_rate(vgg, scores, 0.5, "uniform")
+    masks, small, true = cb.shrunk_at(vgg, scores, found["rate"], "uniform")
+    assert abs(found["flops_reduction"] - 0.5) < 0.02
+    widths = {n: m.out_channels for n, m in small.named_modules() if isinstance(m, nn.Conv2d)}
+    expected = [len(s) - int(len(s) * found["rate"]) for s in scores.values()]
+    assert sorted(widths.values()) == sorted(expected)
+    for n, keep in masks.items():  # the kept filters are the largest by L1 norm
+        assert scores[n][keep].min() >= scores[n][~keep].max()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(small(x), surgery.apply_masks(vgg, masks)(x), atol=1e-4)
+
+
+def test_table1_refuses_a_network_without_a_dense_model():
+    with pytest.raises(ValueError, match="no dense 'resnet110' for Table 1"):
+        cb.table1_network("smoke", "resnet110")

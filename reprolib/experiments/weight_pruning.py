@@ -154,12 +154,18 @@ def dense(profile: str | None = None, dataset: str = "fashion-mnist", model: str
     return runs.run(EXPERIMENT, config, fn)
 
 
-def load_dense(record: dict) -> nn.Module:
+def load_net(record: dict, experiment: str = EXPERIMENT) -> nn.Module:
+    """The registry model of a record of ``experiment`` with its weights, in eval mode on the library's device;
+    a planned record (reprolib.plan) gives the untrained model, whose structure is all that planning reads."""
     net = models.create(record["config"]["model"]).to(device())
-    if plan.is_planned(record):  # planning (reprolib.plan): only the structure is read
+    if plan.is_planned(record):
         return net.eval()
-    net.load_state_dict(runs.load_weights(runs.paths(EXPERIMENT, record["config"])["weights"], map_location=device()))
+    net.load_state_dict(runs.load_weights(runs.paths(experiment, record["config"])["weights"], map_location=device()))
     return net.eval()
+
+
+def load_dense(record: dict) -> nn.Module:
+    return load_net(record)
 
 
 @plan.recipe
