@@ -32,6 +32,7 @@ papermill:  # the chapters alone, no set-up (book-check runs them with every dat
 	@for nb in $(CHAPTERS); do \
 	  echo "== papermill $$nb (profile $(PROFILE))"; \
 	  $(NB_ENV) .venv/bin/papermill --no-progress-bar "$$nb" "book/generated/$$(basename $$nb)" -p profile $(PROFILE) || exit 1; \
+	  $(PY) book/remove_parameter_cells.py "book/generated/$$(basename $$nb)" || exit 1; \
 	done
 
 test: env data unit nbval book-check  ## unit tests, notebooks under smoke through nbval, the book with warnings as errors
@@ -40,7 +41,9 @@ unit: env
 	$(PY) -m pytest tests -q
 
 # Notebooks re-executed under the smoke profile and compared with their stored (smoke) outputs;
-# results go to a temporary folder so the smoke runs really execute.
+# results go to a temporary folder so the smoke runs really execute. The folder is shared in pytest's sorted
+# order, and summary.ipynb reads what the notebooks before it left there (it computes nothing): refresh its
+# stored outputs with smoke-outputs, which runs every notebook in the same (sorted) order, never alone.
 nbval: env data
 	tmp=$$(mktemp -d) && $(SMOKE_ENV) REPROLIB_RESULTS=$$tmp/results $(NB_ENV) \
 	  $(PY) -m pytest --nbval notebooks --nbval-current-env --nbval-sanitize-with .ci/nbval-sanitize.cfg -q -p no:cacheprovider

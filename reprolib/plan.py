@@ -127,6 +127,43 @@ def committed(fn, *args, **kwargs):
         _PLANNING.reset(token)
 
 
+def shown(fn, profile: str, *args, **kwargs):
+    """What a chapter shows of runs that ``make book`` does not compute (the survey studies of
+    ``experiments.SURVEY``, hrank's ``protocol_runs``): under the smoke profile they are computed (seconds, so
+    that CI runs their code), under any other only the committed runs are read and the rest are placeholders
+    (``is_planned``), computed apart by ``python -m reprolib.sweep``."""
+    if profile == "smoke":
+        return fn(profile, *args, **kwargs)
+    return committed(fn, profile, *args, **kwargs)
+
+
+def flat(records) -> list:
+    """Every record in ``records`` (a record, or lists / dicts of them, as ``all_runs`` returns), placeholders
+    included, in order."""
+    if isinstance(records, dict) and not isinstance(records, Placeholder) and "hash" not in records:
+        return [r for v in records.values() for r in flat(v)]
+    if isinstance(records, (list, tuple)):
+        return [r for v in records for r in flat(v)]
+    return [records]
+
+
+def done(records) -> list:
+    """The computed records in ``records`` (``flat``), placeholders dropped."""
+    return [r for r in flat(records) if not is_planned(r)]
+
+
+def progress(records) -> str:
+    """'k of n runs committed' for what ``shown`` returned, naming the sweep that computes the rest."""
+    runs_ = list({(r["experiment"], r["hash"]): r for r in flat(records)}.values())
+    planned = [r for r in runs_ if is_planned(r)]
+    missing = sorted({r["experiment"] for r in planned})
+    text = f"{len(runs_) - len(planned)} of {len(runs_)} runs computed"
+    if missing:
+        profile = planned[0]["profile"]
+        text += ("; the rest: " + "; ".join(f"python -m reprolib.sweep {e} --profile {profile}" for e in missing))
+    return text
+
+
 def link(plan: list[Run]) -> list[Run]:
     """Fill each run's dependencies (runs of the plan whose hash its config names) and cost."""
     by_hash = {r.hash: r.key for r in plan}

@@ -73,15 +73,20 @@ def box(chapter: str, profile: str | None = None) -> str:
         return ""
     counts = pd.Series([r.verdict for r in rs]).value_counts()
     head = ", ".join(f"{n} {v}" for v, n in counts.items())
-    lines = [f"- **{r.verdict}**: {r.what}: paper {fmt(r.paper)}, ours {fmt(r.ours)}"
+    lines = [f"- **{r.verdict}**: {r.what}: paper {fmt(r.paper)}, ours {fmt(r.ours, like=r.paper)}"
              + (f" ({r.why})" if r.why else "") for r in rs]
     return "```{admonition} What reproduced, what did not\n" + f"{len(rs)} comparisons: {head}.\n\n" \
         + "\n".join(lines) + "\n\nThe [reproduction summary](summary.ipynb) lists every chapter's.\n```"
 
 
-def fmt(v) -> str:
+def fmt(v, like=None) -> str:
+    """``v`` for a sentence; with ``like`` (the paper's number), a float ours at the paper's decimals (at least 2)."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
+    if isinstance(v, float) and isinstance(like, (int, float)) and abs(v) < 1000:
+        text = f"{float(like):.10g}"  # a paper number computed from two printed ones (71.05 - 68.97) has float noise
+        decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 2
+        return f"{v:.{max(2, decimals)}f}"
     if isinstance(v, float):
         return f"{v:.6g}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(v)

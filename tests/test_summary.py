@@ -31,3 +31,14 @@ def test_rows_train_nothing_and_count_hrank_table1_under_its_rule():
     assert trained and all(r.verdict == "not run yet" and r.ours is None for r in trained)
     box = summary.box("hrank-resnet56", "smoke")
     assert box.startswith("```{admonition}") and "12 reproduced" in box
+
+
+def test_a_box_prints_ours_at_the_papers_decimals_not_at_six_digits():
+    from reprolib.summary import fmt
+    assert fmt(70.51333333, like=92.57) == "70.51"
+    assert fmt(0.4865, like=0.49) == "0.49"
+    assert fmt(0.0104, like=0.005) == "0.010"
+    assert fmt(125.4912, like=125.44) == "125.49"
+    assert fmt(None, like=1.0) == "-" and fmt(float("nan")) == "-"
+    assert fmt(92.0, like=92) == "92.00"       # an integer paper number: two decimals
+    assert fmt(5.6499999999999995, like=71.05 - 68.97) == "5.65"  # a difference of printed numbers: their decimals

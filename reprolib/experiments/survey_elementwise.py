@@ -37,7 +37,6 @@ from .. import data as data_mod, masks as masks_mod, plan, profiles, runs
 from ..criteria import obs as obs_mod
 from ..device import current as device
 from ..gradual import GradualMagnitude, schedule_for
-from ..models import create
 from ..sensitivity import SensitivityRegulariser
 from ..train import evaluate, fit, save_atomic, seed_everything
 from . import weight_pruning as wp
@@ -264,11 +263,7 @@ def regularised(profile: str | None = None, dataset: str = "fashion-mnist", mode
 
 
 def load_regularised(record: dict) -> nn.Module:
-    net = create(record["config"]["model"]).to(device())
-    if plan.is_planned(record):  # planning (reprolib.plan): only the structure is read
-        return net.eval()
-    net.load_state_dict(runs.load_weights(runs.paths(EXPERIMENT, record["config"])["weights"], map_location=device()))
-    return net.eval()
+    return wp.load_net(record, EXPERIMENT)
 
 
 @plan.recipe
