@@ -257,10 +257,34 @@ def all_runs(profile: str | None = None) -> dict:
             "hrank_lens": hrank_lens(profile)}
 
 
-def bench_results() -> dict | None:
-    """The latest ``make bench`` shrink-latency results (``data/results/bench/shrink_latency.json``), or None."""
-    path = runs.results_dir() / "bench" / "shrink_latency.json"
+def bench_results(name: str = "shrink_latency") -> dict | None:
+    """The latest ``make bench`` results ``data/results/bench/<name>.json`` (``shrink_latency``, ``prune_speed``),
+    or None."""
+    path = runs.results_dir() / "bench" / f"{name}.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def speed_table(bench: dict, batch: int) -> "pd.DataFrame":
+    """``benchmarks/prune_speed.py``'s results at ``batch``, one row per (Table 1 row, network): true FLOPs ratio
+    to the dense network, speed-up over the dense network on each backend (eager, ONNX Runtime, the fastest of
+    both) and speed-up / FLOPs ratio, with the fastest variant's label."""
+    import pandas as pd
+    if batch not in bench.get("batches", [batch]):
+        raise ValueError(f"prune_speed results have batch sizes {bench['batches']}, not {batch}: pick one of them, "
+                         f"or rerun benchmarks/prune_speed.py --batches {batch}")
+    out = []
+    for row in bench["rows"]:
+        cell = row[f"b{batch}"]
+        for net, ratio in row["flops_ratio"].items():
+            if net == "dense":
+                continue
+            rec = {"row": row["row"], "network": net, "FLOPs ratio": ratio, "params": row["params"][net]}
+            for backend, speedups in cell["speedup"].items():
+                rec[f"speed-up {backend}"] = speedups[net]
+                rec[f"{backend} / FLOPs ratio"] = speedups[net] / ratio
+            rec["fastest"] = cell["best"][net]["label"]
+            out.append(rec)
+    return pd.DataFrame(out)
 
 
 if __name__ == "__main__":
