@@ -42,3 +42,12 @@ def test_a_box_prints_ours_at_the_papers_decimals_not_at_six_digits():
     assert fmt(None, like=1.0) == "-" and fmt(float("nan")) == "-"
     assert fmt(92.0, like=92) == "92.00"       # an integer paper number: two decimals
     assert fmt(5.6499999999999995, like=71.05 - 68.97) == "5.65"  # a difference of printed numbers: their decimals
+
+
+def test_readable_prints_ours_and_the_difference_at_the_papers_decimals():
+    from reprolib.summary import Row, frame, readable
+    t = readable(frame([Row("c", "accuracy", 92.57, 70.51333, "budget", "not comparable", "why"),
+                        Row("c", "count", 0.49, None, "-", "not run yet", "")]))
+    assert list(t["paper"]) == ["92.57", "0.49"]
+    assert list(t["ours"]) == ["70.51", "-"]
+    assert list(t["difference"]) == ["-22.06", "-"]
