@@ -17,7 +17,9 @@ and in ONNX Runtime (``reprolib.deploy``), at each batch size, round-robin (``la
 medians). A network's time on a backend is its fastest variant and format there; ``best`` is its
 fastest over both backends. Speed-ups are against the dense network's time on the same backend
 (``best``: the dense network's fastest). Printed: speed-up / true FLOPs ratio, the target being
->= 0.8 at batch 128 (ONNX Runtime: >= 0.7). Then training-step throughput (batch 128, SGD) of the
+>= 0.8 at batch 128 (ONNX Runtime: >= 0.7), and beside it the ratio of the elements the convolutions
+read and write (``count``'s ``conv_activations``), which narrowing cuts linearly where it cuts FLOPs
+quadratically. Then training-step throughput (batch 128, SGD) of the
 dense and shrunk networks of the training specs, each in its fastest format. Written to
 data/results/bench/prune_speed.json (``--out`` to change).
 
@@ -137,11 +139,13 @@ def one_spec(row: int, s: str, model, scores, dense_onnx: Path, tmp: Path, a) ->
     nets["tp"], tp_ratio["tp"] = tp_at_flops(model, flops(nets["shrunk"]), None, a.tp_steps)
     for k in a.round_to:
         nets[f"tp_r{k}"], tp_ratio[f"tp_r{k}"] = tp_at_flops(model, flops(nets[f"shrunk_r{k}"]), k, a.tp_steps)
+    counts = {k: count(m, CIFAR) for k, m in nets.items()}
     rec = {"row": row, "spec": spec.format(rates), "round_to": a.round_to, "tp_ratio": tp_ratio,
-           "flops": {k: flops(m) for k, m in nets.items()},
-           "params": {k: count(m, CIFAR)["params"] for k, m in nets.items()}}
+           "flops": {k: c["flops"] for k, c in counts.items()}, "params": {k: c["params"] for k, c in counts.items()},
+           "conv_activations": {k: c["conv_activations"] for k, c in counts.items()}}
     rec["flops"]["masked"] = rec["flops"]["dense"]  # same shapes: the zeros are still multiplied
     rec["flops_ratio"] = {k: rec["flops"]["dense"] / f for k, f in rec["flops"].items()}
+    rec["activation_ratio"] = {k: rec["conv_activations"]["dense"] / n for k, n in rec["conv_activations"].items()}
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         rec["max_abs_diff_shrunk_vs_masked"] = (nets["shrunk"](x) - nets["masked"].eval()(x)).abs().max().item()
@@ -206,7 +210,7 @@ def table(out: dict) -> str:
         lines += ["", f"batch {b}: speed-up vs dense on the same backend (/ = speed-up / true FLOPs ratio)",
                   f"{'row':>3} {'FLOPs x':>7} | {'eager':>12} {'ORT':>12} {'best':>12} | {'TP FLOPs':>8} {'TP best':>12} | "
                   + "".join(f"{'r%d FLOPs' % k:>9} {'r%d best' % k:>12} {'TP r%d best' % k:>12} | " for k in out["round_to"])
-                  + f"{'best shrunk':<28}"]
+                  + f"{'act. x':>6} {'best/act':>8} {'best shrunk':<28}"]
         for row in out["rows"]:
             c, fr = row[f"b{b}"], row["flops_ratio"]
             cell = lambda backend, net: (f"{c['speedup'][backend][net]:5.2f}x/{c['per_flops'][backend][net]:4.2f}"
@@ -215,6 +219,9 @@ def table(out: dict) -> str:
                          f"{cell('best', 'shrunk'):>12} | {fr['tp']:>8.2f} {cell('best', 'tp'):>12} | "
                          + "".join(f"{fr[f'shrunk_r{k}']:>9.2f} {cell('best', f'shrunk_r{k}'):>12} "
                                    f"{cell('best', f'tp_r{k}'):>12} | " for k in out["round_to"])
+                         + (f"{row['activation_ratio']['shrunk']:>6.2f} "
+                            f"{c['speedup']['best']['shrunk'] / row['activation_ratio']['shrunk']:>8.2f} "
+                            if "activation_ratio" in row else f"{'-':>6} {'-':>8} ")
                          + f"{c['best']['shrunk']['label']:<28}")
     if out.get("training"):
         lines += ["", "training step (SGD, batch %d), each network in its fastest format:" % out["training"][0]["batch_size"]]

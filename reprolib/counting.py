@@ -25,6 +25,11 @@ Counts are for the whole ``input_size`` (batch included): use batch 1 for per-im
   numel * (2 if affine else 1) and adaptive average pooling as numel of its input; the first is
   reported separately as ``norm_flops``, so ``flops + norm_flops`` is the comparable total.
   fvcore ignores bias adds: each layer row carries its ``bias_flops`` for that comparison.
+  ``conv_activations`` (``"true"`` only): the elements the convolutions read and write, the sum of
+  every Conv2d call's input and output numel. A FLOPs ratio is quadratic in a layer's kept fraction
+  when its input and output are both narrowed, this count only linear; on a CPU a convolution with
+  fewer than 16 channels takes a time that follows its width, that is this count, not its FLOPs
+  (``benchmarks/shrink_latency.py``'s single-convolution widths).
 
 Latency: ``latency`` times one model, ``latency_interleaved`` several round-robin so that machine
 noise hits all of them alike. For stable CPU timings start Python with
@@ -81,7 +86,8 @@ def count(model: nn.Module, input_size: Sequence[int], convention: str = "true",
           rates: Sequence[float] | None = None) -> dict:
     """Params and FLOPs (MACs) of ``model`` on an input of ``input_size`` under ``convention``.
 
-    Returns ``{"params", "flops", "layers", "convention"}`` and, for ``"true"``, ``"norm_flops"``.
+    Returns ``{"params", "flops", "layers", "convention"}`` and, for ``"true"``, ``"norm_flops"`` and
+    ``"conv_activations"``.
     ``layers`` has one row per Conv2d / Linear: ``{name, type, params, flops, bias_flops}``.
     ``rates`` (per-conv prune rates) is only meaningful, and only accepted, for ``"hrank"``.
     See the module docstring for the exact rules.
@@ -124,6 +130,7 @@ def count(model: nn.Module, input_size: Sequence[int], convention: str = "true",
     else:
         result["params"] = sum(p.numel() for p in model.parameters())
         result["norm_flops"] = norm_flops
+        result["conv_activations"] = sum(int(np.prod(i)) + int(np.prod(o)) for m in convs for i, o in calls.get(m, []))
     return result
 
 

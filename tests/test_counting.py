@@ -119,6 +119,24 @@ def test_true_convention_counts_biases_and_bn():
     assert [l["type"] for l in c["layers"]] == ["Conv2d", "Linear"]
 
 
+def test_conv_activations_count_every_conv_input_and_output():
+    m = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2, padding=1),
+                      nn.Flatten(), nn.Linear(4 * 2 * 2, 5))
+    c = count(m, (2, 3, 4, 4))
+    # conv 1 reads 2x3x4x4 and writes 2x8x4x4; conv 2 reads that and writes 2x4x2x2; the Linear is not a conv
+    assert c["conv_activations"] == 96 + 256 + 256 + 32
+    assert "conv_activations" not in count(m, (2, 3, 4, 4), convention="hrank")
+
+
+def test_conv_activations_fall_linearly_where_flops_fall_quadratically():
+    chain = lambda w: nn.Sequential(nn.Conv2d(16, w, 3, padding=1), nn.Conv2d(w, w, 3, padding=1),
+                                    nn.Conv2d(w, 16, 3, padding=1))
+    wide, narrow = count(chain(16), (1, 16, 8, 8)), count(chain(8), (1, 16, 8, 8))
+    # MACs: 16w + w^2 + 16w per pixel x 9; activations: 16 + w + w + w + w + 16 per pixel
+    assert wide["conv_activations"] / narrow["conv_activations"] == (16 * 2 + 16 * 4) / (16 * 2 + 8 * 4)
+    assert (wide["flops"] - 3 * 16 * 64) / (narrow["flops"] - (8 + 8 + 16) * 64) == (3 * 256) / (2 * 128 + 64)
+
+
 def test_true_convention_smaller_conv_costs_less():
     small = count(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1)), (1, 3, 16, 16))
     big = count(nn.Sequential(nn.Conv2d(3, 16, 3, padding=1)), (1, 3, 16, 16))

@@ -264,10 +264,31 @@ def bench_results(name: str = "shrink_latency") -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def width_scaling(bench: dict) -> "pd.DataFrame":
+    """``benchmarks/shrink_latency.py``'s single 3x3 convolutions (c -> c channels), one row per (map size, width):
+    the width and the FLOPs as fractions of the stage's dense width and FLOPs, the time as a fraction of the
+    dense width's time, and that time over the width fraction (1.0: time proportional to the width, that is to
+    the activations read and written; the FLOPs fraction over the width fraction where time follows FLOPs)."""
+    import pandas as pd
+    if not bench.get("conv_widths"):
+        raise ValueError("these shrink_latency results have no 'conv_widths': rerun benchmarks/shrink_latency.py")
+    W = pd.DataFrame(bench["conv_widths"])
+    dense = W[W["channels"] == W["dense_channels"]].set_index("size")["ms"]
+    if set(dense.index) != set(W["size"]):
+        raise ValueError(f"conv_widths lacks the dense width at map sizes {sorted(set(W['size']) - set(dense.index))}")
+    out = pd.DataFrame({"size": W["size"], "dense width": W["dense_channels"], "width": W["channels"]})
+    out["width fraction"] = W["channels"] / W["dense_channels"]
+    out["FLOPs fraction"] = out["width fraction"] ** 2
+    out["time fraction"] = W["ms"] / W["size"].map(dense)
+    out["time / width fraction"] = out["time fraction"] / out["width fraction"]
+    return out.sort_values(["size", "width"], ascending=[False, True]).reset_index(drop=True)
+
+
 def speed_table(bench: dict, batch: int) -> "pd.DataFrame":
     """``benchmarks/prune_speed.py``'s results at ``batch``, one row per (Table 1 row, network): true FLOPs ratio
     to the dense network, speed-up over the dense network on each backend (eager, ONNX Runtime, the fastest of
-    both) and speed-up / FLOPs ratio, with the fastest variant's label."""
+    both) and speed-up / FLOPs ratio, with the fastest variant's label; where the results have them (runs after
+    2026-11-28), the ratio of the elements the convolutions read and write and the fastest speed-up over it."""
     import pandas as pd
     if batch not in bench.get("batches", [batch]):
         raise ValueError(f"prune_speed results have batch sizes {bench['batches']}, not {batch}: pick one of them, "
@@ -282,6 +303,9 @@ def speed_table(bench: dict, batch: int) -> "pd.DataFrame":
             for backend, speedups in cell["speedup"].items():
                 rec[f"speed-up {backend}"] = speedups[net]
                 rec[f"{backend} / FLOPs ratio"] = speedups[net] / ratio
+            if "activation_ratio" in row:
+                rec["activation ratio"] = row["activation_ratio"][net]
+                rec["best / activation ratio"] = cell["speedup"]["best"][net] / row["activation_ratio"][net]
             rec["fastest"] = cell["best"][net]["label"]
             out.append(rec)
     return pd.DataFrame(out)
