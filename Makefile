@@ -67,6 +67,7 @@ smoke-outputs: env data  ## refresh the smoke outputs stored in notebooks/ (what
 BENCH_ENV := MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=17179869184
 bench: env data  ## benchmarks: pruned-network speed (PyTorch, ONNX Runtime, training) vs FLOPs, HRank rank batching, ThiNet selection
 	$(BENCH_ENV) $(PY) benchmarks/prune_speed.py
+	$(BENCH_ENV) $(PY) benchmarks/prune_profile.py
 	$(BENCH_ENV) $(PY) benchmarks/shrink_latency.py
 	$(BENCH_ENV) $(PY) benchmarks/hrank_rank.py
 	$(BENCH_ENV) $(PY) benchmarks/thinet_select.py
