@@ -152,15 +152,17 @@ def done(records) -> list:
     return [r for r in flat(records) if not is_planned(r)]
 
 
-def progress(records) -> str:
-    """'k of n runs committed' for what ``shown`` returned, naming the sweep that computes the rest."""
+def progress(records, command: str | None = None) -> str:
+    """'k of n runs committed' for what ``shown`` returned, naming the sweep that computes the rest
+    (``command`` where it is not the study's plain sweep, e.g. one with ``--runs``)."""
     runs_ = list({(r["experiment"], r["hash"]): r for r in flat(records)}.values())
     planned = [r for r in runs_ if is_planned(r)]
     missing = sorted({r["experiment"] for r in planned})
     text = f"{len(runs_) - len(planned)} of {len(runs_)} runs computed"
     if missing:
         profile = planned[0]["profile"]
-        text += ("; the rest: " + "; ".join(f"python -m reprolib.sweep {e} --profile {profile}" for e in missing))
+        text += "; the rest: " + (command or "; ".join(f"python -m reprolib.sweep {e} --profile {profile}"
+                                                       for e in missing))
     return text
 
 

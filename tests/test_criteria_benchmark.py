@@ -173,5 +173,45 @@ def test_table1_vgg16_search_prunes_every_conv_alike_and_removes_the_target_flop
 
 
 def test_table1_refuses_a_network_without_a_dense_model():
-    with pytest.raises(ValueError, match="no dense 'resnet110' for Table 1"):
-        cb.table1_network("smoke", "resnet110")
+    with pytest.raises(ValueError, match="no dense 'resnet32' for Table 1: choose one of vgg16, resnet110"):
+        cb.table1_network("smoke", "resnet32")
+
+
+def test_resnet110_row_trains_its_own_baseline_with_the_resnet56_recipe_outside_make_book():
+    """The ResNet-110 runs start from a ResNet-110 baseline whose config is the ResNet-56 baseline's with only the
+    model changed, every fine-tuning names that baseline, and the chapter's all_runs (what make book computes)
+    holds none of them."""
+    from reprolib import plan
+    runs110 = plan.trace(cb.resnet110_runs, "budget")
+    bases = [r for r in runs110 if r.experiment == "baseline"]
+    assert len(bases) == 1 and bases[0].config["model"] == "resnet110"
+    chapter = plan.trace(cb.all_runs, "budget")
+    r56 = [r for r in chapter if r.experiment == "baseline"]
+    assert len(r56) == 1 and r56[0].config["model"] == "resnet56"
+    assert {k: v for k, v in bases[0].config.items() if k != "model"} == \
+        {k: v for k, v in r56[0].config.items() if k != "model"}
+    fts = [r for r in runs110 if r.config.get("part") == "table1_network"]
+    p = cb.PRESETS["budget"]
+    assert len(fts) == len(p["targets"]["uniform"]) * len(p["seeds"])
+    assert {r.config["dense"] for r in fts} == {bases[0].hash} and {r.config["network"] for r in fts} == {"resnet110"}
+    assert not {r.key for r in runs110} & {r.key for r in chapter}
+
+
+def test_table1_resnet110_uniform_l1_masks_shrink_to_the_target_flops():
+    """ResNet-110 at a uniform 50%: every block-internal conv keeps its int(C * r) largest-L1 filters, the
+    stem and the residual stream keep their widths, and the shrunk network removes the target's FLOPs."""
+    torch.manual_seed(0)
+    net = create("resnet110").eval()
+    scores = criteria.get("l1norm")(net, conv_layers(net))
+    found = cb.search_rate(net, scores, 0.5, "uniform")
+    masks, small, true = cb.shrunk_at(net, scores, found["rate"], "uniform")
+    assert abs(found["flops_reduction"] - 0.5) < 0.02
+    assert abs(1 - true["flops"] / count(net, (1, 3, 32, 32))["flops"] - found["flops_reduction"]) < 1e-9
+    internal = [n for n in scores if n.startswith("layer") and n.endswith(".conv1")]
+    assert len(internal) == 54
+    for n in internal:
+        c = len(scores[n])
+        assert int(masks[n].sum()) == c - int(c * found["rate"])
+        assert small.get_submodule(n).out_channels == c - int(c * found["rate"])
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(small(x), surgery.apply_masks(net, masks)(x), atol=1e-4)

@@ -50,6 +50,15 @@ def test_placeholder_refuses_results_that_do_not_exist_yet():
         ph["metrics"]
 
 
+def test_progress_counts_computed_runs_and_names_the_command_for_the_rest():
+    done = {"experiment": "x", "hash": "a1", "config": {}, "metrics": {}}
+    rest = [plan.Placeholder(experiment=e, hash=h, config={}, profile="budget") for e, h in (("x", "b2"), ("y", "c3"))]
+    assert plan.progress([done, done] + rest) == ("1 of 3 runs computed; the rest: python -m reprolib.sweep x "
+                                                  "--profile budget; python -m reprolib.sweep y --profile budget")
+    assert plan.progress({"a": [done], "b": rest}, "make it") == "1 of 3 runs computed; the rest: make it"
+    assert plan.progress([done], "make it") == "1 of 1 runs computed"
+
+
 def test_a_worker_may_not_compute_a_dependency_that_was_not_shipped(monkeypatch):
     monkeypatch.setenv(sweep.ONLY_RUN, "hrank/000000000000")
     with pytest.raises(runs.NotCachedError, match="did not ship"):
