@@ -47,13 +47,15 @@ PRESETS = {
                                 momentum=0.9, nesterov=False, weight_decay=5e-4, bf16=False, channels_last=False)),
 }
 # The study's fine-tuning protocol on the budget baseline (issue 15): the paper preset's 30 epochs on all 50,000
-# training images (ours as there: lr 0.01 divided by 10 at epochs 15 and 25, momentum 0.9, wd 5e-4, batch 128,
-# fp32 NCHW, the fastest format for spec 1's shrunk network on 2 threads: 487 img/s against 447 in bf16), one
-# seed, from the corrected budget baseline; Table 1's seven specs, the L1-norm and random controls at spec 1,
-# spec 1 at three learning rates. About an hour a run on 2 threads: ``python -m reprolib.sweep hrank
-# --runs protocol_runs --cpus-per-run 2``. The chapter shows those that are committed.
+# training images (ours as there: lr 0.01 divided by 10 at epochs 15 and 25, momentum 0.9, wd 5e-4, batch 128),
+# one seed, from the corrected budget baseline; Table 1's seven specs, the L1-norm and random controls at spec 1,
+# spec 1 at three learning rates. Ours too: bf16 autocast in NCHW, the fastest format for spec 1's shrunk network
+# on this CPU (batch-128 fit steps, quiet machine, 2026-12-07: 1 thread 174-190 img/s bf16 against 132-138 fp32;
+# 2 threads 274 against 235), run as two 1-thread workers, about 2.3 h a run each:
+# ``python -m reprolib.sweep hrank --runs protocol_runs --executor ray --cpus-per-run 1``. The chapter shows
+# those that are committed.
 PROTOCOL = dict(n_train=None, n_test=None, seeds=[0], lrs=[0.005, 0.01, 0.05],
-                finetune=dict(PRESETS["paper"]["finetune"]))
+                finetune=dict(PRESETS["paper"]["finetune"], bf16=True))
 PRESETS["budget"]["protocol"] = PROTOCOL
 
 
@@ -174,6 +176,7 @@ def comparisons(profile: str | None = None) -> list:
     the study's 30-epoch protocol (``protocol_runs``), and the learning-rate claims of Fig. 3."""
     import math
     from .. import models, reference, summary
+    from . import hrank_protocol
     p = profiles.get("hrank", profile)
     ref = reference.load("hrank_table1")
     paper = ref.pivot_table(index="row", columns="metric", values="value", aggfunc="first")
@@ -189,7 +192,7 @@ def comparisons(profile: str | None = None) -> list:
                                     summary.judge(paper.loc[row, metric], mine, 0.005),
                                     "tolerance: the printed precision (0.005M)"))
 
-    def accuracy_rows(recs, label, protocol):
+    def accuracy_rows(recs, label, protocol, dense_paper=None):
         by_row = {}
         row_of = {spec_mod.format(spec_mod.parse(s)): r for r, s in spec_mod.table1().items()}
         for rec in recs:
@@ -203,6 +206,8 @@ def comparisons(profile: str | None = None) -> list:
             dense = 100 * got[0]["metrics"]["baseline_test_acc"] if got else None
             why = (f"our dense network {dense:.2f}% (JPEG copy), the study states none; drop from ours "
                    f"{mean - dense:+.2f} points" + (f", seed std {sd:.2f}" if sd is not None else ", one seed")
+                   + (f"; the paper's from the original HRank paper's {dense_paper:.2f}% dense ResNet-56 (outside "
+                      f"the documents): {paper.loc[row, 'top1_pct'] - dense_paper:+.2f}" if dense_paper else "")
                    if got else "")
             rows.append(summary.Row(chapter, f"Table 1 row {row}: accuracy (%), {label}", float(paper.loc[row, "top1_pct"]),
                                     mean, protocol, "not comparable" if got else "not run yet", why))
@@ -214,7 +219,7 @@ def comparisons(profile: str | None = None) -> list:
         q = p["protocol"]
         accuracy_rows(plan.committed(protocol_runs, profile)["table1"], "the study's 30 epochs",
                       f"{p['profile']} baseline, {q['finetune']['epochs']} epochs on all 50,000 images, "
-                      f"{len(q['seeds'])} seed(s)")
+                      f"{len(q['seeds'])} seed(s)", dense_paper=hrank_protocol.paper_dense())
     # Fig. 3: which learning rate is best, 0.005 (Section 3.7, Conclusion) or 0.05 (Abstract)?
     lrs = {r["config"]["finetune"]["lr"]: 100 * r["metrics"]["test_acc"] for r in runs_["lr"] if not plan.is_planned(r)}
     spec1 = [100 * r["metrics"]["test_acc"] for r in runs_["table1"]
