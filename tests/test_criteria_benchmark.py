@@ -154,15 +154,21 @@ def test_curve_test_says_what_the_curves_and_the_reported_accuracy_are_measured_
     assert cb.curve_test(small, {"bf16": False})["precision"] == "fp32"
 
 
+def _uniform_l1_half(name: str):
+    """``name`` (seeded) with uniform L1-norm masks searched to remove 50% of its FLOPs, and the shrunk network."""
+    torch.manual_seed(0)
+    net = create(name).eval()
+    scores = criteria.get("l1norm")(net, conv_layers(net))
+    found = cb.search_rate(net, scores, 0.5, "uniform")
+    masks, small, true = cb.shrunk_at(net, scores, found["rate"], "uniform")
+    assert abs(found["flops_reduction"] - 0.5) < 0.02
+    return net, scores, found, masks, small, true
+
+
 def test_table1_vgg16_search_prunes_every_conv_alike_and_removes_the_target_flops():
     """The VGG-16 row of Shangyu's Table 1: uniform L1-norm masks on a plain chain shrink to int(C * r) fewer
     filters in every conv (no residual stream keeps channels alive), and the FLOPs removed are the target's."""
-    torch.manual_seed(0)
-    vgg = create("vgg16").eval()
-    scores = criteria.get("l1norm")(vgg, conv_layers(vgg))
-    found = cb.search_rate(vgg, scores, 0.5, "uniform")
-    masks, small, true = cb.shrunk_at(vgg, scores, found["rate"], "uniform")
-    assert abs(found["flops_reduction"] - 0.5) < 0.02
+    vgg, scores, found, masks, small, true = _uniform_l1_half("vgg16")
     widths = {n: m.out_channels for n, m in small.named_modules() if isinstance(m, nn.Conv2d)}
     expected = [len(s) - int(len(s) * found["rate"]) for s in scores.values()]
     assert sorted(widths.values()) == sorted(expected)
@@ -200,12 +206,7 @@ def test_resnet110_row_trains_its_own_baseline_with_the_resnet56_recipe_outside_
 def test_table1_resnet110_uniform_l1_masks_shrink_to_the_target_flops():
     """ResNet-110 at a uniform 50%: every block-internal conv keeps its int(C * r) largest-L1 filters, the
     stem and the residual stream keep their widths, and the shrunk network removes the target's FLOPs."""
-    torch.manual_seed(0)
-    net = create("resnet110").eval()
-    scores = criteria.get("l1norm")(net, conv_layers(net))
-    found = cb.search_rate(net, scores, 0.5, "uniform")
-    masks, small, true = cb.shrunk_at(net, scores, found["rate"], "uniform")
-    assert abs(found["flops_reduction"] - 0.5) < 0.02
+    net, scores, found, masks, small, true = _uniform_l1_half("resnet110")
     assert abs(1 - true["flops"] / count(net, (1, 3, 32, 32))["flops"] - found["flops_reduction"]) < 1e-9
     internal = [n for n in scores if n.startswith("layer") and n.endswith(".conv1")]
     assert len(internal) == 54
