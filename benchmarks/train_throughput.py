@@ -1,8 +1,10 @@
 """Is training fast on this device, and not waiting for its input?
 
 For ResNet-56 and VGG-16 on the library's device (``$REPROLIB_DEVICE``, else CUDA when available, else
-the CPU), in each number format (fp32 NCHW; bf16 autocast + channels_last), and on a GPU also compiled
-with ``torch.compile``:
+the CPU), in each number format (fp32 NCHW; bf16 autocast in NCHW; bf16 autocast + channels_last), and on a
+GPU also compiled with ``torch.compile``. ``--models hrank-spec1`` (any of Table 1's rows) times the
+ResNet-56 shrunk at the HRank study's spec instead (filters drawn at random: the speed depends on the widths
+alone), the networks the protocol runs fine-tune. Threads: as torch sets them (``OMP_NUM_THREADS=1`` for one).
 
 * **images/s** of training steps: ``train.fit`` itself (the loop the studies run: shuffling,
   augmentation, normalisation, forward, backward, SGD step, the running sums), timed by its own
@@ -20,6 +22,7 @@ formats, torch version.
 
     python benchmarks/train_throughput.py                 # all of it (minutes on a CPU)
     python benchmarks/train_throughput.py --steps 3 --out /tmp/tt.json   # a quick check that it runs
+    OMP_NUM_THREADS=1 python benchmarks/train_throughput.py --models resnet56 hrank-spec1 --out /tmp/tt1.json
 """
 from __future__ import annotations
 
@@ -29,11 +32,24 @@ from pathlib import Path
 
 import torch
 
-from reprolib import data as data_mod, device as devices, models, runs, train
+from reprolib import criteria, data as data_mod, device as devices, masks, models, runs, spec, surgery, train
 
 MODELS = ("resnet56", "vgg16")
+SPECS = tuple(f"hrank-spec{row}" for row in spec.table1())
 FORMATS = {"fp32 NCHW": dict(bf16=False, channels_last=False),
+           "bf16 NCHW": dict(bf16=True, channels_last=False),
            "bf16 channels_last": dict(bf16=True, channels_last=True)}
+
+
+def network(name: str) -> torch.nn.Module:
+    """A model of the registry, or ``hrank-specN``: ResNet-56 shrunk at the HRank study's Table 1 spec N."""
+    if name not in SPECS:
+        return models.create(name)
+    dense = models.create("resnet56")
+    convs = masks.conv_layers(dense)
+    rates = spec.parse(spec.table1()[int(name.removeprefix("hrank-spec"))], n_layers=len(convs))
+    keep = masks.from_scores(criteria.get("random")(dense, convs, seed=0), dict(zip(convs, rates)), scope="local")
+    return surgery.shrink(dense, keep)
 
 
 def prep_seconds(d, batch_size: int, steps: int, dev: torch.device, channels_last: bool) -> float:
@@ -58,7 +74,7 @@ def prep_seconds(d, batch_size: int, steps: int, dev: torch.device, channels_las
 def measure(name: str, fmt: str, compiled: bool, d, batch_size: int, steps: int, dev: torch.device) -> dict:
     """One row: fit's second epoch (``steps`` steps) timed by fit itself, and the prep share."""
     torch.manual_seed(0)
-    model = models.create(name).to(dev)
+    model = network(name).to(dev)
     net = torch.compile(model) if compiled else model
     history = train.fit(net, d, epochs=2, lr=0.01, batch_size=batch_size, checkpoint=None, desc=f"{name} {fmt}",
                         device=dev, **FORMATS[fmt])
@@ -82,9 +98,9 @@ def main(steps: int, batch_size: int, names=MODELS, formats=tuple(FORMATS), comp
 def table(out: dict) -> str:
     lines = [f"{out['device']}; torch {out['torch']}, {out['threads']} thread(s), batch {out['batch_size']}, "
              f"{out['steps']} timed steps",
-             f"{'model':<9} {'format':<19} {'compiled':>8} {'img/s':>8} {'step ms':>8} {'prep ms':>8} {'prep %':>7}"]
+             f"{'model':<12} {'format':<19} {'compiled':>8} {'img/s':>8} {'step ms':>8} {'prep ms':>8} {'prep %':>7}"]
     for r in out["rows"]:
-        lines.append(f"{r['model']:<9} {r['format']:<19} {str(r['compiled']):>8} {r['images_per_s']:>8.0f} "
+        lines.append(f"{r['model']:<12} {r['format']:<19} {str(r['compiled']):>8} {r['images_per_s']:>8.0f} "
                      f"{r['step_ms']:>8.1f} {r['prep_ms']:>8.2f} {100 * r['prep_share']:>6.1f}%")
     return "\n".join(lines)
 
@@ -93,7 +109,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=50, help="timed training steps per row (default 50)")
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=models.available())
+    ap.add_argument("--models", nargs="+", default=list(MODELS), choices=list(models.available()) + list(SPECS))
     ap.add_argument("--formats", nargs="+", default=list(FORMATS), choices=list(FORMATS))
     ap.add_argument("--compile", dest="compile_", action=argparse.BooleanOptionalAction, default=None,
                     help="also time torch.compile'd models (default: on a GPU only)")
