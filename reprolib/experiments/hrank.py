@@ -49,9 +49,11 @@ PRESETS = {
 # The study's fine-tuning protocol on the budget baseline (issue 15): the paper preset's 30 epochs on all 50,000
 # training images (ours as there: lr 0.01 divided by 10 at epochs 15 and 25, momentum 0.9, wd 5e-4, batch 128),
 # one seed, from the corrected budget baseline; Table 1's seven specs, the L1-norm and random controls at spec 1,
-# spec 1 at three learning rates. Ours too: bf16 autocast in NCHW, the fastest format for spec 1's shrunk network
-# on this CPU (batch-128 fit steps, quiet machine, 2026-12-07: 1 thread 174-190 img/s bf16 against 132-138 fp32;
-# 2 threads 274 against 235), run as two 1-thread workers, about 2.3 h a run each:
+# spec 1 at three learning rates. Ours too: bf16 autocast in NCHW, as fast as any format for spec 1's shrunk
+# network on this CPU (batch-128 fit steps, quiet machine, 2026-12-07, 1 thread: 172 img/s bf16 NCHW, 179 bf16
+# channels_last, 140 fp32, ``OMP_NUM_THREADS=1 benchmarks/train_throughput.py --models resnet56 hrank-spec1``,
+# data/results/bench/train_throughput_1thread.json; a first check gave 174-190 bf16 NCHW against 132-138 fp32),
+# run as two 1-thread workers, about 2.3 h a run each:
 # ``python -m reprolib.sweep hrank --runs protocol_runs --executor ray --cpus-per-run 1``. The chapter shows
 # those that are committed.
 PROTOCOL = dict(n_train=None, n_test=None, seeds=[0], lrs=[0.005, 0.01, 0.05],
