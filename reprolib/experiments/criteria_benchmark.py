@@ -423,10 +423,13 @@ def apoz_iterations(profile: str | None = None) -> dict:
 # The dense networks of Shangyu's Table 1 beyond the benchmark's ResNet-56 (whose l1norm rows are its own).
 TABLE1_NETWORKS = {
     "vgg16": "the ThiNet chapter's dense VGG-16 (thinet_vs_gradient.dense), trained once for the book",
-    # Our cost estimate before training it: the ResNet-56 baseline's recipe took about 90 minutes of 2 quiet
-    # cores at the budget profile; ResNet-110 has 1.96 times its FLOPs (253 vs 127 M per image).
+    # Our cost estimate before training it: ResNet-110 has 1.96 times ResNet-56's FLOPs (253 vs 127 M per image),
+    # and the budget recipe is 60 epochs of 50,000 images. ResNet-56 trained at ~560 img/s on 2 quiet cores when
+    # its baseline was trained (about 90 minutes); on 2026-12-07 the same machine type gave 304 img/s on 2 threads
+    # and 192 on one (bf16 channels_last, data/results/bench/train_throughput*.json), so about 5.5 h of 2 cores,
+    # or 8.5 h as one 1-thread worker.
     "resnet110": "a ResNet-110 trained here with the ResNet-56 baseline's recipe (experiments.baseline with "
-                 "model='resnet110'): about 3 h of 2 CPU cores at the budget profile, 6 h on one thread",
+                 "model='resnet110'): about 3-5.5 h of 2 CPU cores at the budget profile, 8.5 h on one thread",
 }
 
 
@@ -565,7 +568,7 @@ def comparisons(profile: str | None = None) -> list:
             by_t.setdefault(r["config"]["target"], []).append(100 * (r["metrics"]["baseline_test_acc"] - r["metrics"]["test_acc"]))
         ours = "; ".join(f"{sum(v) / len(v):.2f} at {t:.0%} FLOPs removed" for t, v in sorted(by_t.items())) or None
         missing = ("its runs are not committed yet (python -m reprolib.sweep criteria_benchmark --runs resnet110_runs: "
-                   "about 3 h of 2 CPU cores for its dense network at the budget recipe)"
+                   "about 3-5.5 h of 2 CPU cores for its dense network at the budget recipe)"
                    if net == "ResNet110" else "its runs are not committed")
         rows.append(summary.Row(chapter, f"Shangyu Table 1, {net}: accuracy drop of L1-norm ('weight-based') "
                                 "filter pruning (points)", float(ref.loc[net, "top1_drop_pct"]), ours,
