@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .. import criteria, data as data_mod, masks as masks_mod, profiles, runs, spec as spec_mod, surgery, plan
@@ -165,18 +167,22 @@ def protocol_runs(profile: str | None = None) -> dict[str, list[dict]]:
             "controls": [run(c=c, seed=seed) for c in ("l1norm", "random") for seed in q["seeds"]]}
 
 
-if __name__ == "__main__":
-    ap = profiles.cli_parser(__doc__)
-    res = all_runs(ap.parse_args().profile)
-    for section, recs in res.items():
-        print(section, [round(r["metrics"]["test_acc"], 4) for r in recs])
+def drop_note(accs: list[float], dense: float, paper_acc: float, dense_paper: float | None = None) -> str:
+    """The note beside a Table 1 accuracy row: our drop from our dense network with its seed spread, and the
+    paper's drop from ``dense_paper`` when given. A drop is dense minus pruned (points lost; positive when
+    pruning costs accuracy), as in ``hrank_protocol.table``. Accuracies in %."""
+    mean = sum(accs) / len(accs)
+    sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else None
+    return (f"our dense network {dense:.2f}% (JPEG copy), the study states none; drop from ours {dense - mean:.2f} "
+            "points" + (f", seed std {sd:.2f}" if sd is not None else ", one seed")
+            + (f"; the paper's drop from the original HRank paper's {dense_paper:.2f}% dense ResNet-56 (outside "
+               f"the documents): {dense_paper - paper_acc:.2f}" if dense_paper else ""))
 
 
 def comparisons(profile: str | None = None) -> list:
     """The reproduction summary's rows of the HRank chapter, from the committed runs only: Table 1's counts
     under the study's rule (no training), its accuracies at the profile's fine-tuning and, where committed, at
     the study's 30-epoch protocol (``protocol_runs``), and the learning-rate claims of Fig. 3."""
-    import math
     from .. import models, reference, summary
     from . import hrank_protocol
     p = profiles.get("hrank", profile)
@@ -204,13 +210,8 @@ def comparisons(profile: str | None = None) -> list:
             got = by_row.get(row, [])
             accs = [100 * r["metrics"]["test_acc"] for r in got]
             mean = sum(accs) / len(accs) if accs else None
-            sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else None
             dense = 100 * got[0]["metrics"]["baseline_test_acc"] if got else None
-            why = (f"our dense network {dense:.2f}% (JPEG copy), the study states none; drop from ours "
-                   f"{mean - dense:+.2f} points" + (f", seed std {sd:.2f}" if sd is not None else ", one seed")
-                   + (f"; the paper's from the original HRank paper's {dense_paper:.2f}% dense ResNet-56 (outside "
-                      f"the documents): {paper.loc[row, 'top1_pct'] - dense_paper:+.2f}" if dense_paper else "")
-                   if got else "")
+            why = drop_note(accs, dense, float(paper.loc[row, "top1_pct"]), dense_paper) if got else ""
             rows.append(summary.Row(chapter, f"Table 1 row {row}: accuracy (%), {label}", float(paper.loc[row, "top1_pct"]),
                                     mean, protocol, "not comparable" if got else "not run yet", why))
     runs_ = plan.committed(all_runs, profile)
@@ -246,3 +247,10 @@ def comparisons(profile: str | None = None) -> list:
         rows.append(summary.Row(chapter, f"best fine-tuning learning rate ({where})", lr_paper, best,
                                 f"{p['profile']}: {ft['epochs']} epoch(s) on {p['n_train'] or 50000:,} images", verdict, why))
     return rows
+
+
+if __name__ == "__main__":
+    ap = profiles.cli_parser(__doc__)
+    res = all_runs(ap.parse_args().profile)
+    for section, recs in res.items():
+        print(section, [round(r["metrics"]["test_acc"], 4) for r in recs])
