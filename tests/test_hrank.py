@@ -46,3 +46,10 @@ def test_protocol_runs_are_the_studys_30_epochs_on_all_images_and_differ_from_th
     assert hrank.protocol_runs("smoke") == {}  # only the budget profile has the section
     with pytest.raises(SystemExit, match="no such function"):
         sweep.build(["hrank"], "budget", "nope")
+
+
+def test_the_summary_note_gives_drops_as_points_lost_with_the_seed_spread():
+    note = hrank.drop_note([70.0, 71.0, 72.0], dense=89.74, paper_acc=92.57, dense_paper=93.26)
+    assert "drop from ours 18.74 points, seed std 1.00" in note  # 89.74 - 71.0: positive when accuracy is lost
+    assert note.endswith(": 0.69")  # the paper's 93.26 - 92.57
+    assert hrank.drop_note([88.0], dense=89.74, paper_acc=92.57).endswith("drop from ours 1.74 points, one seed")

@@ -63,11 +63,3 @@ def test_findings_set_the_control_gap_and_the_learning_rate_against_the_seed_spr
     assert "is within it" in close
     assert "0.005: 86.00%, 0.01: 88.00%, 0.05: 88.50%; best 0.05, by 0.50 points" in lr
     assert "within the budget's seed std" in lr  # 0.50 < 0.58
-
-
-def test_the_summary_note_gives_drops_as_points_lost_with_the_seed_spread():
-    from reprolib.experiments.hrank import drop_note
-    note = drop_note([70.0, 71.0, 72.0], dense=89.74, paper_acc=92.57, dense_paper=93.26)
-    assert "drop from ours 18.74 points, seed std 1.00" in note  # 89.74 - 71.0: positive when accuracy is lost
-    assert note.endswith(": 0.69")  # the paper's 93.26 - 92.57
-    assert drop_note([88.0], dense=89.74, paper_acc=92.57).endswith("drop from ours 1.74 points, one seed")

@@ -12,7 +12,7 @@
 """
 from __future__ import annotations
 
-import math
+import statistics
 
 import torch
 
@@ -171,8 +171,8 @@ def drop_note(accs: list[float], dense: float, paper_acc: float, dense_paper: fl
     """The note beside a Table 1 accuracy row: our drop from our dense network with its seed spread, and the
     paper's drop from ``dense_paper`` when given. A drop is dense minus pruned (points lost; positive when
     pruning costs accuracy), as in ``hrank_protocol.table``. Accuracies in %."""
-    mean = sum(accs) / len(accs)
-    sd = math.sqrt(sum((a - mean) ** 2 for a in accs) / (len(accs) - 1)) if len(accs) > 1 else None
+    mean = statistics.fmean(accs)
+    sd = statistics.stdev(accs) if len(accs) > 1 else None
     return (f"our dense network {dense:.2f}% (JPEG copy), the study states none; drop from ours {dense - mean:.2f} "
             "points" + (f", seed std {sd:.2f}" if sd is not None else ", one seed")
             + (f"; the paper's drop from the original HRank paper's {dense_paper:.2f}% dense ResNet-56 (outside "
@@ -209,7 +209,7 @@ def comparisons(profile: str | None = None) -> list:
         for row in spec_mod.table1():
             got = by_row.get(row, [])
             accs = [100 * r["metrics"]["test_acc"] for r in got]
-            mean = sum(accs) / len(accs) if accs else None
+            mean = statistics.fmean(accs) if accs else None
             dense = 100 * got[0]["metrics"]["baseline_test_acc"] if got else None
             why = drop_note(accs, dense, float(paper.loc[row, "top1_pct"]), dense_paper) if got else ""
             rows.append(summary.Row(chapter, f"Table 1 row {row}: accuracy (%), {label}", float(paper.loc[row, "top1_pct"]),
@@ -227,7 +227,7 @@ def comparisons(profile: str | None = None) -> list:
     lrs = {r["config"]["finetune"]["lr"]: 100 * r["metrics"]["test_acc"] for r in runs_["lr"] if not plan.is_planned(r)}
     spec1 = [100 * r["metrics"]["test_acc"] for r in runs_["table1"]
              if not plan.is_planned(r) and r["config"]["spec"] == spec_mod.format(spec_mod.parse(spec_mod.table1()[1]))]
-    sd = (sum((a - sum(spec1) / len(spec1)) ** 2 for a in spec1) / (len(spec1) - 1)) ** 0.5 if len(spec1) > 1 else None
+    sd = statistics.stdev(spec1) if len(spec1) > 1 else None
     for lr_paper, where in ((0.005, "Section 3.7 and Conclusion"), (0.05, "the Abstract")):
         if lr_paper not in lrs:
             rows.append(summary.Row(chapter, f"best fine-tuning learning rate ({where})", lr_paper, None,
