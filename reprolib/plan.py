@@ -176,6 +176,18 @@ def link(plan: list[Run]) -> list[Run]:
     return plan
 
 
+def upstream(run: Run, plan: list[Run]) -> set[str]:
+    """Keys of every run that ``run`` reads, directly or through its dependencies (``link`` filled them)."""
+    by_key = {r.key: r for r in plan}
+    seen, stack = set(), list(run.deps)
+    while stack:
+        k = stack.pop()
+        if k not in seen:
+            seen.add(k)
+            stack.extend(by_key[k].deps)
+    return seen
+
+
 def call(recipe_: tuple):
     """Compute a planned run: call its recipe outside planning mode."""
     module, qualname, args, kwargs = recipe_

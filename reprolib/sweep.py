@@ -182,20 +182,11 @@ def run_ray(plan: list[plan_mod.Run], todo: list[plan_mod.Run], *, address: str 
     node_cpus = int(max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=cpus))
     timed_task = ray.remote(_execute).options(num_cpus=max(node_cpus, cpus), num_gpus=gpus, max_retries=retries)
     by_key = {r.key: r for r in plan}
-
-    def closure(r):  # every run that ``r`` reads, directly or through its dependencies
-        seen, stack = set(), list(r.deps)
-        while stack:
-            k = stack.pop()
-            if k not in seen:
-                seen.add(k)
-                stack.extend(by_key[k].deps)
-        return seen
     cached_refs, refs, waiting = {}, {}, {}
 
     def submit(r):
         blobs = []
-        for k in sorted(closure(r)):
+        for k in sorted(plan_mod.upstream(r, plan)):
             d = by_key[k]
             if d.cached:
                 if k not in cached_refs:

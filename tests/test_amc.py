@@ -2,25 +2,14 @@
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 from reprolib import amc, criteria, surgery
 from reprolib.counting import count
 from reprolib.models import create
 from reprolib.models.resnet_cifar import ResNetCifar
+from toy_bn import trained_looking
 
 CIFAR = (1, 3, 32, 32)
-
-
-def _trained_looking(model, seed=0):
-    torch.manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.uniform_(0.3, 1.2)
-            m.bias.data.uniform_(-0.2, 0.3)
-            m.running_mean.data.uniform_(-0.2, 0.2)
-            m.running_var.data.uniform_(0.5, 2.0)
-    return model.eval()
 
 
 def test_units_and_state_of_resnet8_by_hand():
@@ -47,7 +36,7 @@ def test_units_and_state_of_resnet8_by_hand():
 @pytest.mark.parametrize("target", [0.2, 0.5, 0.7])
 @pytest.mark.parametrize("policy", ["none", "random", "most"])
 def test_the_action_limit_reaches_the_target_in_true_flops(target, policy):
-    model = _trained_looking(create("resnet20"))
+    model = trained_looking(create("resnet20"))
     us, dense = amc.units(model), amc.dense_flops(model)
     env = amc.Environment(us, dense, target)
     rng = np.random.default_rng(0)
@@ -75,7 +64,7 @@ def test_unreachable_targets_and_bad_actions_are_refused():
 
 
 def test_masked_evaluation_equals_the_shrunk_network():
-    model = _trained_looking(create("resnet20"))
+    model = trained_looking(create("resnet20"))
     us = amc.units(model)
     scores = criteria.get("l1norm")(model, [u.name for u in us])
     kept = {u.name: max(1, u.n // (i % 3 + 2)) for i, u in enumerate(us)}

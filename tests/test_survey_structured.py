@@ -24,19 +24,10 @@ def test_the_smoke_plan_lists_every_run_in_dependency_order_without_training():
     assert len(parts["selection_comparison"]) == 1 and len(parts["baseline"]) == 1
     base = parts["baseline"][0].key
     by_key = {r.key: r for r in p}
-
-    def needs(r):                                              # every run it depends on, transitively
-        seen, stack = set(), list(r.deps)
-        while stack:
-            k = stack.pop()
-            if k not in seen:
-                seen.add(k)
-                stack.extend(by_key[k].deps)
-        return seen
     for r in p:
         assert set(r.deps) <= set(by_key) and r.recipe is not None
         if r.experiment == ss.EXPERIMENT:
-            assert base in needs(r)                            # everything starts from the benchmark's baseline
+            assert base in plan.upstream(r, p)                            # everything starts from the benchmark's baseline
     for r in parts["finetune"] + parts["lasso_finetune"]:
         search = next(s for s in parts["search"] if s.key in r.deps)
         assert search.config["criterion"] == r.config["criterion"]

@@ -59,6 +59,14 @@ def test_progress_counts_computed_runs_and_names_the_command_for_the_rest():
     assert plan.progress([done], "make it") == "1 of 1 runs computed"
 
 
+def test_upstream_follows_dependencies_transitively_and_only_upward():
+    # a <- b <- c, d alone, e reads a and d: what each run needs shipped to its worker
+    runs_ = [plan.Run("x", {}, h, None, False, deps) for h, deps in
+             (("a", []), ("b", ["x/a"]), ("c", ["x/b"]), ("d", []), ("e", ["x/a", "x/d"]))]
+    up = {r.hash: plan.upstream(r, runs_) for r in runs_}
+    assert up == {"a": set(), "b": {"x/a"}, "c": {"x/a", "x/b"}, "d": set(), "e": {"x/a", "x/d"}}
+
+
 def test_a_worker_may_not_compute_a_dependency_that_was_not_shipped(monkeypatch):
     monkeypatch.setenv(sweep.ONLY_RUN, "hrank/000000000000")
     with pytest.raises(runs.NotCachedError, match="did not ship"):
