@@ -92,9 +92,11 @@ def fmt(v, like=None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if isinstance(v, float) and isinstance(like, (int, float)) and abs(v) < 1000:
-        text = f"{float(like):.10g}"  # a paper number computed from two printed ones (71.05 - 68.97) has float noise
-        decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 2
-        return f"{v:.{max(2, decimals)}f}"
+        def places(x):  # decimals of x as printed; float noise (71.05 - 68.97) is cut at 10 significant digits
+            text = f"{float(x):.10g}"
+            return len(text.split(".")[1]) if "." in text and "e" not in text else 2
+        own = places(v) if places(v) <= 3 else 0  # a short number of ours (a rate, 0.005) is never rounded away
+        return f"{v:.{max(2, places(like), own)}f}"
     if isinstance(v, float):
         return f"{v:.6g}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(v)

@@ -53,3 +53,17 @@ def test_the_summary_note_gives_drops_as_points_lost_with_the_seed_spread():
     assert "drop from ours 18.74 points, seed std 1.00" in note  # 89.74 - 71.0: positive when accuracy is lost
     assert note.endswith(": 0.69")  # the paper's 93.26 - 92.57
     assert hrank.drop_note([88.0], dense=89.74, paper_acc=92.57).endswith("drop from ours 1.74 points, one seed")
+
+
+def test_lr_rows_judge_the_best_rate_against_the_seed_spread():
+    verdicts = lambda lrs, sd: [(r.ours, r.verdict) for r in hrank.lr_rows("c", lrs, sd, 0.01, "p")]  # noqa: E731
+    lrs = {0.005: 88.0, 0.01: 87.5, 0.05: 87.0}
+    # 0.005 ahead of every other rate by more than the spread: Section 3.7 reproduced, the Abstract's 0.05 not
+    assert verdicts(lrs, 0.2) == [(0.005, "reproduced"), (0.005, "not reproduced")]
+    # ahead of 0.01 by less than the spread, but of 0.05 by more; then within it, or no spread at all
+    assert verdicts(lrs, 0.6) == [(0.005, "not comparable"), (0.005, "not reproduced")]
+    assert verdicts(lrs, 1.5) == [(0.005, "not comparable"), (0.005, "not comparable")]
+    assert verdicts(lrs, None) == [(0.005, "not comparable"), (0.005, "not comparable")]
+    assert verdicts({0.01: 87.5}, 0.2) == [(None, "not run yet"), (None, "not run yet")]
+    best_05 = {0.005: 86.0, 0.01: 87.5, 0.05: 88.0}
+    assert verdicts(best_05, 0.2) == [(0.05, "not reproduced"), (0.05, "reproduced")]

@@ -38,6 +38,7 @@ def test_a_box_prints_ours_at_the_papers_decimals_not_at_six_digits():
     assert fmt(70.51333333, like=92.57) == "70.51"
     assert fmt(0.4865, like=0.49) == "0.49"
     assert fmt(0.0104, like=0.005) == "0.010"
+    assert fmt(0.005, like=0.05) == "0.005" and fmt(0.01, like=0.05) == "0.01"  # a rate of ours is not rounded away
     assert fmt(125.4912, like=125.44) == "125.49"
     assert fmt(None, like=1.0) == "-" and fmt(float("nan")) == "-"
     assert fmt(92.0, like=92) == "92.00"       # an integer paper number: two decimals

@@ -179,6 +179,32 @@ def drop_note(accs: list[float], dense: float, paper_acc: float, dense_paper: fl
                f"the documents): {dense_paper - paper_acc:.2f}" if dense_paper else ""))
 
 
+def lr_rows(chapter: str, lrs: dict[float, float], sd: float | None, sd_lr: float, protocol: str,
+            label: str = "") -> list:
+    """The summary's two rows on the best fine-tuning learning rate (Section 3.7 and the Conclusion say 0.005,
+    the Abstract 0.05) from spec 1's accuracy (%) at each rate, one seed each. A verdict needs the best rate
+    ahead of every other by more than ``sd``, the seed std of spec 1 at lr ``sd_lr`` (None: unknown)."""
+    from .. import summary
+    rows = []
+    for lr_paper, where in ((0.005, "Section 3.7 and Conclusion"), (0.05, "the Abstract")):
+        what = f"best fine-tuning learning rate ({where}){label}"
+        if lr_paper not in lrs:
+            rows.append(summary.Row(chapter, what, lr_paper, None, protocol, "not run yet"))
+            continue
+        best = max(lrs, key=lrs.get)
+        if best == lr_paper:
+            verdict = "reproduced" if sd is not None and all(lrs[best] - a > sd for k, a in lrs.items() if k != best) \
+                else "not comparable"
+        else:
+            verdict = "not reproduced" if sd is not None and lrs[best] - lrs[lr_paper] > sd else "not comparable"
+        why = (f"one seed per rate; {lr_paper:g} reaches {lrs[lr_paper]:.2f}%, the best {lrs[best]:.2f}%; spec 1's "
+               f"seed std at lr {sd_lr:g}: " + (f"{sd:.2f} points" if sd is not None else "unknown (one seed)")
+               + (" (budget fine-tuning, the only spread we have)" if label else "")
+               + ("; the gaps are within it" if verdict == "not comparable" else ""))
+        rows.append(summary.Row(chapter, what, lr_paper, best, protocol, verdict, why))
+    return rows
+
+
 def comparisons(profile: str | None = None) -> list:
     """The reproduction summary's rows of the HRank chapter, from the committed runs only: Table 1's counts
     under the study's rule (no training), its accuracies at the profile's fine-tuning and, where committed, at
@@ -224,28 +250,18 @@ def comparisons(profile: str | None = None) -> list:
                       f"{p['profile']} baseline, {q['finetune']['epochs']} epochs on all 50,000 images, "
                       f"{len(q['seeds'])} seed(s)", dense_paper=hrank_protocol.paper_dense())
     # Fig. 3: which learning rate is best, 0.005 (Section 3.7, Conclusion) or 0.05 (Abstract)?
-    lrs = {r["config"]["finetune"]["lr"]: 100 * r["metrics"]["test_acc"] for r in runs_["lr"] if not plan.is_planned(r)}
+    spec1_key = spec_mod.format(spec_mod.parse(spec_mod.table1()[1]))
     spec1 = [100 * r["metrics"]["test_acc"] for r in runs_["table1"]
-             if not plan.is_planned(r) and r["config"]["spec"] == spec_mod.format(spec_mod.parse(spec_mod.table1()[1]))]
+             if not plan.is_planned(r) and r["config"]["spec"] == spec1_key]
     sd = statistics.stdev(spec1) if len(spec1) > 1 else None
-    for lr_paper, where in ((0.005, "Section 3.7 and Conclusion"), (0.05, "the Abstract")):
-        if lr_paper not in lrs:
-            rows.append(summary.Row(chapter, f"best fine-tuning learning rate ({where})", lr_paper, None,
-                                    p["profile"], "not run yet"))
-            continue
-        best = max(lrs, key=lrs.get)
-        gap = lrs[best] - lrs.get(lr_paper, float("nan"))
-        if best == lr_paper:
-            verdict = "reproduced" if sd is not None and all(lrs[best] - a > sd for k, a in lrs.items() if k != best) \
-                else "not comparable"
-        else:
-            verdict = "not reproduced" if sd is not None and gap > sd else "not comparable"
-        why = (f"one seed per rate; {lr_paper:g} reaches {lrs.get(lr_paper, float('nan')):.2f}%, the best "
-               f"{lrs[best]:.2f}%; spec 1's seed std at lr {ft['lr']:g}: "
-               + (f"{sd:.2f} points" if sd is not None else "unknown (one seed)")
-               + ("; the gaps are within it" if verdict == "not comparable" else ""))
-        rows.append(summary.Row(chapter, f"best fine-tuning learning rate ({where})", lr_paper, best,
-                                f"{p['profile']}: {ft['epochs']} epoch(s) on {p['n_train'] or 50000:,} images", verdict, why))
+    lrs = {r["config"]["finetune"]["lr"]: 100 * r["metrics"]["test_acc"] for r in runs_["lr"] if not plan.is_planned(r)}
+    rows += lr_rows(chapter, lrs, sd, ft["lr"], f"{p['profile']}: {ft['epochs']} epoch(s) on {p['n_train'] or 50000:,} images")
+    if "protocol" in p:
+        proto = plan.committed(protocol_runs, profile)
+        recs = proto["lr"] + [r for r in proto["table1"] if r["config"]["spec"] == spec1_key]
+        lrs = {r["config"]["finetune"]["lr"]: 100 * r["metrics"]["test_acc"] for r in recs if not plan.is_planned(r)}
+        rows += lr_rows(chapter, lrs if len(lrs) == len(q["lrs"]) else {}, sd, ft["lr"],
+                        f"the study's 30 epochs on all 50,000 images, one seed per rate", ", the study's 30 epochs")
     return rows
 
 
