@@ -95,8 +95,8 @@ def fmt(v, like=None) -> str:
         def places(x):  # decimals of x as printed; float noise (71.05 - 68.97) is cut at 10 significant digits
             text = f"{float(x):.10g}"
             return len(text.split(".")[1]) if "." in text and "e" not in text else 2
-        own = places(v) if places(v) <= 3 else 0  # a short number of ours (a rate, 0.005) is never rounded away
-        return f"{v:.{max(2, places(like), own)}f}"
+        own = places(v)  # a short number of ours (a rate, 0.005) is never rounded away; a long one is
+        return f"{v:.{max(2, places(like), own if own <= 3 else 0)}f}"
     if isinstance(v, float):
         return f"{v:.6g}" if abs(v) < 1000 else f"{v:,.0f}"
     return str(v)

@@ -56,7 +56,7 @@ def test_the_summary_note_gives_drops_as_points_lost_with_the_seed_spread():
 
 
 def test_lr_rows_judge_the_best_rate_against_the_seed_spread():
-    verdicts = lambda lrs, sd: [(r.ours, r.verdict) for r in hrank.lr_rows("c", lrs, sd, 0.01, "p")]  # noqa: E731
+    verdicts = lambda lrs, sd: [(r.ours, r.verdict) for r in hrank.lr_rows("c", lrs, sd, "std", "p")]  # noqa: E731
     lrs = {0.005: 88.0, 0.01: 87.5, 0.05: 87.0}
     # 0.005 ahead of every other rate by more than the spread: Section 3.7 reproduced, the Abstract's 0.05 not
     assert verdicts(lrs, 0.2) == [(0.005, "reproduced"), (0.005, "not reproduced")]

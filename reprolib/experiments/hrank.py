@@ -179,11 +179,11 @@ def drop_note(accs: list[float], dense: float, paper_acc: float, dense_paper: fl
                f"the documents): {dense_paper - paper_acc:.2f}" if dense_paper else ""))
 
 
-def lr_rows(chapter: str, lrs: dict[float, float], sd: float | None, sd_lr: float, protocol: str,
+def lr_rows(chapter: str, lrs: dict[float, float], sd: float | None, spread: str, protocol: str,
             label: str = "") -> list:
     """The summary's two rows on the best fine-tuning learning rate (Section 3.7 and the Conclusion say 0.005,
     the Abstract 0.05) from spec 1's accuracy (%) at each rate, one seed each. A verdict needs the best rate
-    ahead of every other by more than ``sd``, the seed std of spec 1 at lr ``sd_lr`` (None: unknown)."""
+    ahead of every other by more than ``sd`` (None: unknown), the seed spread that ``spread`` names."""
     from .. import summary
     rows = []
     for lr_paper, where in ((0.005, "Section 3.7 and Conclusion"), (0.05, "the Abstract")):
@@ -197,9 +197,8 @@ def lr_rows(chapter: str, lrs: dict[float, float], sd: float | None, sd_lr: floa
                 else "not comparable"
         else:
             verdict = "not reproduced" if sd is not None and lrs[best] - lrs[lr_paper] > sd else "not comparable"
-        why = (f"one seed per rate; {lr_paper:g} reaches {lrs[lr_paper]:.2f}%, the best {lrs[best]:.2f}%; spec 1's "
-               f"seed std at lr {sd_lr:g}: " + (f"{sd:.2f} points" if sd is not None else "unknown (one seed)")
-               + (" (budget fine-tuning, the only spread we have)" if label else "")
+        why = (f"one seed per rate; {lr_paper:g} reaches {lrs[lr_paper]:.2f}%, the best {lrs[best]:.2f}%; {spread}: "
+               + (f"{sd:.2f} points" if sd is not None else "unknown (one seed)")
                + ("; the gaps are within it" if verdict == "not comparable" else ""))
         rows.append(summary.Row(chapter, what, lr_paper, best, protocol, verdict, why))
     return rows
@@ -240,28 +239,29 @@ def comparisons(profile: str | None = None) -> list:
             why = drop_note(accs, dense, float(paper.loc[row, "top1_pct"]), dense_paper) if got else ""
             rows.append(summary.Row(chapter, f"Table 1 row {row}: accuracy (%), {label}", float(paper.loc[row, "top1_pct"]),
                                     mean, protocol, "not comparable" if got else "not run yet", why))
-    runs_ = plan.committed(all_runs, profile)
-    ft = p["finetune"]
-    accuracy_rows(runs_["table1"], f"{ft['epochs']}-epoch fine-tuning ({p['profile']})",
-                  f"{p['profile']}: {ft['epochs']} epoch(s) on {p['n_train'] or 50000:,} images, {len(p['seeds'])} seed(s)")
-    if "protocol" in p:
-        q = p["protocol"]
-        accuracy_rows(plan.committed(protocol_runs, profile)["table1"], "the study's 30 epochs",
-                      f"{p['profile']} baseline, {q['finetune']['epochs']} epochs on all 50,000 images, "
-                      f"{len(q['seeds'])} seed(s)", dense_paper=hrank_protocol.paper_dense())
-    # Fig. 3: which learning rate is best, 0.005 (Section 3.7, Conclusion) or 0.05 (Abstract)?
+    # Table 1's accuracies and Fig. 3's best learning rate, 0.005 (Section 3.7, Conclusion) or 0.05 (Abstract),
+    # at the profile's fine-tuning and, where committed, at the study's 30 epochs (one seed per rate there).
+    runs_, ft = plan.committed(all_runs, profile), p["finetune"]
     spec1_key = spec_mod.format(spec_mod.parse(spec_mod.table1()[1]))
+    acc_by_lr = lambda recs: {r["config"]["finetune"]["lr"]: 100 * r["metrics"]["test_acc"]  # noqa: E731
+                              for r in recs if not plan.is_planned(r)}
     spec1 = [100 * r["metrics"]["test_acc"] for r in runs_["table1"]
              if not plan.is_planned(r) and r["config"]["spec"] == spec1_key]
     sd = statistics.stdev(spec1) if len(spec1) > 1 else None
-    lrs = {r["config"]["finetune"]["lr"]: 100 * r["metrics"]["test_acc"] for r in runs_["lr"] if not plan.is_planned(r)}
-    rows += lr_rows(chapter, lrs, sd, ft["lr"], f"{p['profile']}: {ft['epochs']} epoch(s) on {p['n_train'] or 50000:,} images")
+    spread = f"spec 1's seed std at lr {ft['lr']:g}"
+    accuracy_rows(runs_["table1"], f"{ft['epochs']}-epoch fine-tuning ({p['profile']})",
+                  f"{p['profile']}: {ft['epochs']} epoch(s) on {p['n_train'] or 50000:,} images, {len(p['seeds'])} seed(s)")
+    rows += lr_rows(chapter, acc_by_lr(runs_["lr"]), sd, spread,
+                    f"{p['profile']}: {ft['epochs']} epoch(s) on {p['n_train'] or 50000:,} images")
     if "protocol" in p:
-        proto = plan.committed(protocol_runs, profile)
-        recs = proto["lr"] + [r for r in proto["table1"] if r["config"]["spec"] == spec1_key]
-        lrs = {r["config"]["finetune"]["lr"]: 100 * r["metrics"]["test_acc"] for r in recs if not plan.is_planned(r)}
-        rows += lr_rows(chapter, lrs if len(lrs) == len(q["lrs"]) else {}, sd, ft["lr"],
-                        f"the study's 30 epochs on all 50,000 images, one seed per rate", ", the study's 30 epochs")
+        q, proto = p["protocol"], plan.committed(protocol_runs, profile)
+        accuracy_rows(proto["table1"], "the study's 30 epochs",
+                      f"{p['profile']} baseline, {q['finetune']['epochs']} epochs on all 50,000 images, "
+                      f"{len(q['seeds'])} seed(s)", dense_paper=hrank_protocol.paper_dense())
+        lrs = acc_by_lr(proto["lr"] + [r for r in proto["table1"] if r["config"]["spec"] == spec1_key])
+        rows += lr_rows(chapter, lrs if len(lrs) == len(q["lrs"]) else {}, sd,
+                        spread + " (budget fine-tuning, the only spread we have)",
+                        "the study's 30 epochs on all 50,000 images, one seed per rate", ", the study's 30 epochs")
     return rows
 
 
